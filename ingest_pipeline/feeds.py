@@ -1,0 +1,210 @@
+"""One declaration per feed: its fields, where its extras go, and which tables it merges into.
+
+Everything downstream (parsing, validation, dedupe, merge) reads these declarations; adding a feed
+means adding a `FeedSpec`, not copying another feed's code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+FieldKind = Literal["string", "email", "unix_seconds", "timestamp", "boolean", "number"]
+
+# DuckDB type each field kind is cast to.
+SQL_TYPES: dict[str, str] = {
+    "string": "VARCHAR",
+    "email": "VARCHAR",
+    "unix_seconds": "TIMESTAMPTZ",
+    "timestamp": "TIMESTAMPTZ",
+    "boolean": "BOOLEAN",
+    "number": "DOUBLE",
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    kind: FieldKind = "string"
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """How a feed's rows fold into one warehouse table.
+
+    mode:
+      - "row": the whole row is the unit. Within one file `within_file` picks the winner
+        ("first" line or "last" line); across files the most recently landed file wins.
+      - "attributes": per attribute, the most recently landed non-null value wins (later lines
+        of the same file are newer).
+    columns: warehouse column -> expression over the bronze row (SQL).
+    """
+
+    table: str
+    key: tuple[str, ...]
+    mode: Literal["row", "attributes"]
+    columns: dict[str, str]
+    within_file: Literal["first", "last"] = "first"
+    attributes_from: str | None = None  # bronze column holding the JSON attributes
+
+
+@dataclass(frozen=True)
+class FeedSpec:
+    name: str
+    landing_prefix: str
+    fields: tuple[FieldSpec, ...]
+    extras_column: str  # JSON column that receives keys/columns not declared in `fields`
+    targets: tuple[TargetSpec, ...]
+    description: str = ""
+    # Key used to count duplicates inside one file (first occurrence kept); None: no row dedupe.
+    dedupe_key: tuple[str, ...] | None = None
+
+    @property
+    def field_names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def primary_target(self) -> TargetSpec:
+        return self.targets[0]
+
+    def bronze_columns(self) -> list[tuple[str, str]]:
+        """(name, DuckDB type) of the feed-specific columns of a bronze row."""
+        return [(f.name, SQL_TYPES[f.kind]) for f in self.fields] + [(self.extras_column, "JSON")]
+
+
+TRACK = FeedSpec(
+    name="track",
+    landing_prefix="track/",
+    description="What a person did: one event per record.",
+    fields=(
+        FieldSpec("event_text"),
+        FieldSpec("event_timestamp", "unix_seconds"),
+        FieldSpec("contact_key"),
+    ),
+    extras_column="properties",
+    dedupe_key=("contact_key", "event_text", "event_timestamp"),
+    targets=(
+        TargetSpec(
+            table="events",
+            key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
+            mode="row",
+            within_file="first",
+            columns={
+                "tenant_id": "tenant_id",
+                "contact_key": "contact_key",
+                "event_text": "event_text",
+                "event_timestamp": "event_timestamp",
+                "properties": "properties",
+                "source_uri": "source_uri",
+                "line_number": "line_number",
+                "landed_at": "landed_at",
+            },
+        ),
+    ),
+)
+
+IDENTIFY = FeedSpec(
+    name="identify",
+    landing_prefix="identify/",
+    description="Who a person is: contact key, email and attributes.",
+    fields=(FieldSpec("contact_key"), FieldSpec("email", "email")),
+    extras_column="attributes",
+    targets=(
+        TargetSpec(
+            table="contacts",
+            key=("tenant_id", "contact_key"),
+            mode="attributes",
+            attributes_from="attributes",
+            columns={"tenant_id": "tenant_id", "contact_key": "contact_key", "email": "email"},
+        ),
+    ),
+)
+
+GROUP = FeedSpec(
+    name="group",
+    landing_prefix="group/",
+    description="Which account a person belongs to; extra keys are account attributes.",
+    fields=(FieldSpec("contact_key"), FieldSpec("account_key")),
+    extras_column="attributes",
+    targets=(
+        # A person belongs to one account: the most recent one (later line, newer file).
+        TargetSpec(
+            table="contact_accounts",
+            key=("tenant_id", "contact_key"),
+            mode="row",
+            within_file="last",
+            columns={
+                "tenant_id": "tenant_id",
+                "contact_key": "contact_key",
+                "account_key": "account_key",
+                "source_uri": "source_uri",
+                "line_number": "line_number",
+                "landed_at": "landed_at",
+            },
+        ),
+        TargetSpec(
+            table="accounts",
+            key=("tenant_id", "account_key"),
+            mode="attributes",
+            attributes_from="attributes",
+            columns={"tenant_id": "tenant_id", "account_key": "account_key"},
+        ),
+    ),
+)
+
+CRM = FeedSpec(
+    name="crm",
+    landing_prefix="crm/",
+    description="CRM leads for customer-fit training.",
+    fields=(
+        FieldSpec("email", "email"),
+        FieldSpec("account"),
+        FieldSpec("created_at", "timestamp"),
+        FieldSpec("is_worked", "boolean"),
+        FieldSpec("is_converted", "boolean"),
+        FieldSpec("amount", "number"),
+        FieldSpec("is_unqualified", "boolean", required=False),
+        FieldSpec("worked_date", "timestamp", required=False),
+        FieldSpec("converted_date", "timestamp", required=False),
+        FieldSpec("deal_amount", "number", required=False),
+    ),
+    extras_column="attributes",
+    dedupe_key=("email",),
+    targets=(
+        TargetSpec(
+            table="crm_leads",
+            key=("tenant_id", "email"),
+            mode="row",
+            within_file="first",
+            columns={
+                "tenant_id": "tenant_id",
+                "email": "email",
+                "account": "account",
+                "created_at": "created_at",
+                "is_worked": "is_worked",
+                "is_converted": "is_converted",
+                "amount": "amount",
+                "is_unqualified": "is_unqualified",
+                "worked_date": "worked_date",
+                "converted_date": "converted_date",
+                "deal_amount": "deal_amount",
+                "attributes": "attributes",
+                "source_uri": "source_uri",
+                "line_number": "line_number",
+                "landed_at": "landed_at",
+            },
+        ),
+    ),
+)
+
+FLAT_FILE_FEEDS: dict[str, FeedSpec] = {f.name: f for f in (IDENTIFY, TRACK, GROUP, CRM)}
+FEEDS: dict[str, FeedSpec] = dict(FLAT_FILE_FEEDS)
+
+
+def feed_for_key(key: str) -> FeedSpec | None:
+    """The flat-file feed whose landing prefix holds `key` (relative to the landing root)."""
+    for feed in FEEDS.values():
+        if key.startswith(feed.landing_prefix):
+            return feed
+    return None

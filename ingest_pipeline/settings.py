@@ -1,0 +1,60 @@
+"""Environment variables of SPEC section 2, read in one place.
+
+Values are read when asked for (not at import) so tests can point the pipeline at temporary
+folders and servers by setting the environment.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    landing_url: str
+    lake_url: str
+    warehouse_path: str
+    export_url: str
+    config_path: str | None
+    sensor_interval_seconds: int
+    tenant: str
+    max_files_per_run: int
+    max_runs_per_tick: int
+    sensor_lookback_seconds: int
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError as exc:
+        raise ValueError(f"{name} must be an integer, got {raw!r}") from exc
+    if value <= 0:
+        raise ValueError(f"{name} must be positive, got {value}")
+    return value
+
+
+def get_settings() -> Settings:
+    config_path = os.environ.get("INGEST_CONFIG")
+    if not config_path and Path("ingest.yaml").exists():
+        config_path = "ingest.yaml"
+    return Settings(
+        landing_url=os.environ.get("INGEST_LANDING_URL", "./data/landing"),
+        lake_url=os.environ.get("INGEST_LAKE_URL", "./data/lake"),
+        warehouse_path=os.environ.get("INGEST_WAREHOUSE_PATH", "./data/warehouse.duckdb"),
+        export_url=os.environ.get("INGEST_EXPORT_URL", "./data/exports"),
+        config_path=config_path or None,
+        sensor_interval_seconds=_int_env("INGEST_SENSOR_INTERVAL_SECONDS", 30),
+        tenant=os.environ.get("INGEST_TENANT", "default"),
+        # A run is a process start: batch many small files per run, but bound the batch so one
+        # run's work (and its failure) stays small.
+        max_files_per_run=_int_env("INGEST_MAX_FILES_PER_RUN", 200),
+        max_runs_per_tick=_int_env("INGEST_MAX_RUNS_PER_TICK", 25),
+        # Objects whose LastModified is this far behind the newest one seen are still looked for,
+        # so an upload that started earlier but finished later is not missed.
+        sensor_lookback_seconds=_int_env("INGEST_SENSOR_LOOKBACK_SECONDS", 3600),
+    )

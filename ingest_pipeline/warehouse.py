@@ -1,0 +1,175 @@
+"""The DuckDB warehouse file: its tables (SPEC section 6) and short-lived connections.
+
+DuckDB lets one process write a database file at a time. Dagster's pool serialises the merge
+steps; the connection helper below also waits (with backoff) when another process holds the
+file, so a lock conflict becomes a wait, never a failed run.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import duckdb
+
+LOCK_WAIT_SECONDS = 900.0
+
+DDL = """
+CREATE TABLE IF NOT EXISTS events (
+    tenant_id VARCHAR NOT NULL,
+    contact_key VARCHAR NOT NULL,
+    event_text VARCHAR NOT NULL,
+    event_timestamp TIMESTAMPTZ NOT NULL,
+    properties JSON,
+    source_uri VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    landed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, contact_key, event_text, event_timestamp)
+);
+CREATE TABLE IF NOT EXISTS account_events (
+    tenant_id VARCHAR NOT NULL,
+    account_key VARCHAR NOT NULL,
+    event_text VARCHAR NOT NULL,
+    event_timestamp TIMESTAMPTZ NOT NULL,
+    properties JSON,
+    source_uri VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    landed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, account_key, event_text, event_timestamp)
+);
+CREATE TABLE IF NOT EXISTS contacts (
+    tenant_id VARCHAR NOT NULL,
+    contact_key VARCHAR NOT NULL,
+    email VARCHAR,
+    attributes JSON,
+    first_seen_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ,
+    PRIMARY KEY (tenant_id, contact_key)
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    tenant_id VARCHAR NOT NULL,
+    account_key VARCHAR NOT NULL,
+    domain VARCHAR,
+    attributes JSON,
+    first_seen_at TIMESTAMPTZ,
+    updated_at TIMESTAMPTZ,
+    PRIMARY KEY (tenant_id, account_key)
+);
+-- Long form of contact/account attributes: one row per (entity, attribute) with the landed time
+-- of its current value, so "newest landed non-null value wins" holds whatever the order in which
+-- files are merged.
+CREATE TABLE IF NOT EXISTS attribute_values (
+    tenant_id VARCHAR NOT NULL,
+    entity VARCHAR NOT NULL,
+    entity_key VARCHAR NOT NULL,
+    attribute VARCHAR NOT NULL,
+    value JSON NOT NULL,
+    landed_at TIMESTAMPTZ NOT NULL,
+    source_uri VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    PRIMARY KEY (tenant_id, entity, entity_key, attribute)
+);
+CREATE TABLE IF NOT EXISTS contact_accounts (
+    tenant_id VARCHAR NOT NULL,
+    contact_key VARCHAR NOT NULL,
+    account_key VARCHAR NOT NULL,
+    updated_at TIMESTAMPTZ,
+    source_uri VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    landed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, contact_key)
+);
+CREATE TABLE IF NOT EXISTS aliases (
+    tenant_id VARCHAR NOT NULL,
+    alias_key VARCHAR NOT NULL,
+    contact_key VARCHAR NOT NULL,
+    source_uri VARCHAR,
+    line_number BIGINT,
+    landed_at TIMESTAMPTZ,
+    PRIMARY KEY (tenant_id, alias_key)
+);
+CREATE TABLE IF NOT EXISTS crm_leads (
+    tenant_id VARCHAR NOT NULL,
+    email VARCHAR NOT NULL,
+    account VARCHAR,
+    created_at TIMESTAMPTZ,
+    is_worked BOOLEAN,
+    is_converted BOOLEAN,
+    amount DOUBLE,
+    is_unqualified BOOLEAN,
+    worked_date TIMESTAMPTZ,
+    converted_date TIMESTAMPTZ,
+    deal_amount DOUBLE,
+    attributes JSON,
+    source_uri VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    landed_at TIMESTAMPTZ NOT NULL,
+    PRIMARY KEY (tenant_id, email)
+);
+CREATE TABLE IF NOT EXISTS ingested_files (
+    source_uri VARCHAR NOT NULL,
+    etag VARCHAR NOT NULL,
+    tenant_id VARCHAR NOT NULL,
+    feed VARCHAR NOT NULL,
+    landing_key VARCHAR,
+    landed_at TIMESTAMPTZ,
+    landing_date DATE,
+    size_bytes BIGINT,
+    status VARCHAR NOT NULL,
+    rows_read BIGINT,
+    rows_loaded BIGINT,
+    rows_duplicate BIGINT,
+    rows_rejected BIGINT,
+    bronze_uri VARCHAR,
+    run_id VARCHAR,
+    started_at TIMESTAMPTZ,
+    finished_at TIMESTAMPTZ,
+    error VARCHAR,
+    PRIMARY KEY (source_uri, etag)
+);
+CREATE TABLE IF NOT EXISTS rejected_rows (
+    source_uri VARCHAR NOT NULL,
+    etag VARCHAR NOT NULL,
+    line_number BIGINT NOT NULL,
+    tenant_id VARCHAR NOT NULL,
+    feed VARCHAR NOT NULL,
+    raw VARCHAR,
+    reason VARCHAR NOT NULL,
+    PRIMARY KEY (source_uri, etag, line_number)
+);
+"""
+
+
+def _is_lock_conflict(exc: duckdb.Error) -> bool:
+    text = str(exc)
+    return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
+
+
+@contextmanager
+def connect(
+    path: str | Path, *, read_only: bool = False, wait_seconds: float = LOCK_WAIT_SECONDS
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A short-lived connection to the warehouse file, waiting while another process writes it."""
+    path = Path(path)
+    if not read_only:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_seconds
+    delay = 0.05
+    while True:
+        try:
+            con = duckdb.connect(str(path), read_only=read_only)
+            break
+        except duckdb.Error as exc:
+            if not _is_lock_conflict(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(delay * (1 + random.random()))
+            delay = min(delay * 2, 2.0)
+    try:
+        if not read_only:
+            con.execute(DDL)
+        yield con
+    finally:
+        con.close()
