@@ -49,11 +49,13 @@ def _files_to_ingest(
                 raise dg.Failure(f"no file at landing key {key!r} ({landing.url})")
             found.append(obj)
         return found, True
-    day = context.partition_key
+    days = set(context.partition_keys)
     objects = [
-        o for o in landing.list(feed.landing_prefix) if o.last_modified.date().isoformat() == day
+        o for o in landing.list(feed.landing_prefix) if o.last_modified.date().isoformat() in days
     ]
-    context.log.info(f"backfill of {day}: {len(objects)} file(s) landed that day")
+    context.log.info(
+        f"backfill of {min(days)}..{max(days)}: {len(objects)} {feed.name} file(s) landed then"
+    )
     return objects, True
 
 
@@ -75,6 +77,8 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         name=bronze_name,
         group_name="ingestion",
         partitions_def=landing_date_partitions,
+        # A date-range backfill is one run (one process), not one run per day.
+        backfill_policy=dg.BackfillPolicy.single_run(),
         kinds={"duckdb", "parquet"},
         description=(
             f"{feed.description} Files under `{feed.landing_prefix}` parsed, validated and "
@@ -131,6 +135,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         group_name="warehouse",
         deps=[bronze],
         partitions_def=landing_date_partitions,
+        backfill_policy=dg.BackfillPolicy.single_run(),
         pool=WAREHOUSE_POOL,
         kinds={"duckdb"},
         description=(
