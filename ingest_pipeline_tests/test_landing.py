@@ -1,0 +1,214 @@
+"""The landing zone against a real folder and a real S3 API (moto's server on loopback)."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ingest_pipeline.landing import (
+    FileVanished,
+    LandedObject,
+    LandingZone,
+    LocalLanding,
+    S3Landing,
+    is_s3_url,
+    landing_from_url,
+    split_s3_url,
+)
+
+
+def test_put_list_stat_download_delete_round_trip(landing: LandingZone, tmp_path: Path) -> None:
+    source = tmp_path / "upload.jsonl.gz"
+    source.write_bytes(gzip.compress(b'{"contact_key": "c1"}\n'))
+    put_bytes = landing.put("track/2026/a.jsonl", b'{"contact_key": "c2"}\n')
+    put_path = landing.put("track/2026/b.jsonl.gz", source)
+
+    listed = list(landing.list())
+    assert [o.key for o in listed] == ["track/2026/a.jsonl", "track/2026/b.jsonl.gz"]
+    assert listed == [put_bytes, put_path]
+    for obj in listed:
+        assert obj.last_modified.utcoffset() is not None and not obj.last_modified.utcoffset()
+        assert obj.etag and '"' not in obj.etag
+    assert listed[0].size == len(b'{"contact_key": "c2"}\n')
+    if isinstance(landing, S3Landing):
+        assert listed[1].uri == f"s3://{landing.bucket}/landing/track/2026/b.jsonl.gz"
+    else:
+        assert listed[1].uri == str(Path(landing.url) / "track/2026/b.jsonl.gz")
+        assert Path(listed[1].uri).is_absolute()
+
+    assert landing.stat("track/2026/b.jsonl.gz") == put_path
+    assert landing.stat("track/2026/missing.csv") is None
+
+    dest = tmp_path / "download"
+    assert landing.download(put_path, dest) == put_path
+    assert dest.read_bytes() == source.read_bytes()
+    assert landing.download("track/2026/a.jsonl", dest) == put_bytes
+    assert dest.read_bytes() == b'{"contact_key": "c2"}\n'
+
+    landing.delete("track/2026/a.jsonl")
+    landing.delete("track/2026/never-existed.csv")  # no error
+    assert landing.stat("track/2026/a.jsonl") is None
+    assert [o.key for o in landing.list()] == ["track/2026/b.jsonl.gz"]
+
+
+def test_list_filters_by_prefix_in_key_order(landing: LandingZone) -> None:
+    keys = [
+        "track/b.csv",
+        "track/a/z.csv",
+        "track.csv",
+        "tracking/x.csv",
+        "crm/c.csv",
+        "track/a.csv",
+    ]
+    for key in keys:
+        landing.put(key, key.encode())
+    assert [o.key for o in landing.list()] == sorted(keys)  # S3's order: lexicographic by key
+    assert [o.key for o in landing.list("track/")] == [
+        "track/a.csv",
+        "track/a/z.csv",
+        "track/b.csv",
+    ]
+    assert [o.key for o in landing.list("track/a")] == ["track/a.csv", "track/a/z.csv"]
+    assert [o.key for o in landing.list("nothing/")] == []
+
+
+def test_s3_listing_stays_under_its_prefix_and_skips_folder_markers(
+    s3_bucket: tuple[Any, str],
+) -> None:
+    client, bucket = s3_bucket
+    for key in ["landing/track/", "landing/track/a.csv", "landing-other/b.csv", "c.csv"]:
+        client.put_object(Bucket=bucket, Key=key, Body=b"" if key.endswith("/") else b"x")
+    zone = S3Landing(f"s3://{bucket}/landing/", client=client)
+    assert zone.url == f"s3://{bucket}/landing"
+    assert [o.key for o in zone.list()] == ["track/a.csv"]
+    # A whole bucket as the landing zone sees everything but the folder marker.
+    whole = S3Landing(f"s3://{bucket}", client=client)
+    assert [o.key for o in whole.list()] == ["c.csv", "landing-other/b.csv", "landing/track/a.csv"]
+
+
+def test_s3_keys_that_are_not_file_paths_still_work(
+    s3_bucket: tuple[Any, str], tmp_path: Path
+) -> None:
+    client, bucket = s3_bucket
+    odd = "track//../a b.csv"  # legal in S3, and clients do produce such keys
+    client.put_object(Bucket=bucket, Key=f"landing/{odd}", Body=b"contact_key\n")
+    zone = S3Landing(f"s3://{bucket}/landing", client=client)
+    (listed,) = zone.list()
+    assert listed.key == odd and zone.stat(odd) == listed
+    assert zone.download(listed, tmp_path / "out.csv") == listed
+
+
+def test_local_listing_skips_in_progress_hidden_files(tmp_path: Path) -> None:
+    zone = LocalLanding(tmp_path / "landing")
+    (tmp_path / "landing" / "track").mkdir(parents=True)
+    (tmp_path / "landing" / "track" / ".a.csv.partial").write_bytes(b"half")
+    zone.put("track/a.csv", b"whole")
+    assert [o.key for o in zone.list()] == ["track/a.csv"]
+
+
+def test_download_of_deleted_object_raises_file_vanished(
+    landing: LandingZone, tmp_path: Path
+) -> None:
+    obj = landing.put("track/a.csv", b"contact_key\nc1\n")
+    landing.delete(obj.key)
+    dest = tmp_path / "out.csv"
+    with pytest.raises(FileVanished):
+        landing.download(obj, dest)
+    with pytest.raises(FileVanished):
+        landing.download(obj.key, dest)
+    assert not dest.exists()  # no partial file left for a caller to parse
+
+
+def test_download_of_object_replaced_after_listing_raises_file_vanished(
+    landing: LandingZone, tmp_path: Path
+) -> None:
+    landing.put("track/a.csv", b"contact_key\nc1\n")
+    (listed,) = landing.list("track/")
+    replacement = landing.put("track/a.csv", b"contact_key\nc1\nc2\n")
+    assert replacement.etag != listed.etag
+    dest = tmp_path / "out.csv"
+    with pytest.raises(FileVanished):
+        landing.download(listed, dest)  # the version we listed is gone
+    assert not dest.exists()
+    # The current version is still readable by key or by its own listing.
+    assert landing.download("track/a.csv", dest) == replacement
+    assert dest.read_bytes() == b"contact_key\nc1\nc2\n"
+    assert landing.download(replacement, dest) == replacement
+
+
+def test_download_streams_to_disk(landing: LandingZone, tmp_path: Path) -> None:
+    # Incompressible content, big enough that holding it in memory would show in the peak.
+    size = 24 * 1024 * 1024
+    payload = os.urandom(size)
+    obj = landing.put("big/blob.bin", payload)
+    del payload
+    dest = tmp_path / "blob.bin"
+
+    if isinstance(landing, S3Landing):
+        # moto's server runs in this process and holds the whole body itself while answering
+        # (tracemalloc cannot tell threads apart), so measure that first and compare with it.
+        tracemalloc.start()
+        response = landing.client.get_object(Bucket=landing.bucket, Key="landing/big/blob.bin")
+        with open(os.devnull, "wb") as sink:
+            for chunk in response["Body"].iter_chunks(1024 * 1024):
+                sink.write(chunk)
+        baseline = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    else:
+        baseline = 0
+
+    tracemalloc.start()
+    landing.download(obj, dest)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+
+    assert dest.stat().st_size == size
+    # Reading the body whole (response["Body"].read(), Path.read_bytes()) would add >= size.
+    assert peak - baseline < size // 3, (peak, baseline)
+
+
+def test_url_helpers() -> None:
+    assert is_s3_url("s3://bucket/prefix") and is_s3_url("S3://bucket")
+    assert not is_s3_url("./data/landing") and not is_s3_url("/tmp/s3://x")
+    assert split_s3_url("s3://bucket") == ("bucket", "")
+    assert split_s3_url("s3://bucket/a/b/") == ("bucket", "a/b")
+    with pytest.raises(ValueError):
+        split_s3_url("s3:///prefix")
+    with pytest.raises(ValueError):
+        split_s3_url("/local/folder")
+
+
+def test_landing_from_url_picks_the_backend(s3_bucket: tuple[Any, str], tmp_path: Path) -> None:
+    client, bucket = s3_bucket
+    # No client passed: boto3 finds the server through AWS_ENDPOINT_URL, as in production.
+    zone = landing_from_url(f"s3://{bucket}/drop")
+    assert isinstance(zone, S3Landing) and zone.prefix == "drop"
+    zone.put("identify/a.json", b"{}")
+    assert [o.key for o in landing_from_url(f"s3://{bucket}/drop", s3_client=client).list()] == [
+        "identify/a.json"
+    ]
+    local = landing_from_url(str(tmp_path / "new" / "folder"))
+    assert isinstance(local, LocalLanding) and (tmp_path / "new" / "folder").is_dir()
+
+
+@pytest.mark.parametrize("key", ["", "/etc/passwd", "../outside.csv", "a//b.csv", "track/"])
+def test_invalid_keys_are_refused(key: str, tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        LocalLanding(tmp_path / "landing").put(key, b"x")
+
+
+@pytest.mark.parametrize("prefix", ["../", "track/../../", "/etc/"])
+def test_local_listing_refuses_prefixes_outside_the_root(prefix: str, tmp_path: Path) -> None:
+    (tmp_path / "secret.txt").write_bytes(b"x")
+    with pytest.raises(ValueError):
+        list(LocalLanding(tmp_path / "landing").list(prefix))
+
+
+def test_landed_object_dict_round_trip(landing: LandingZone) -> None:
+    obj = landing.put("crm/leads.csv", b"email\n")
+    assert LandedObject.from_dict(obj.to_dict()) == obj
