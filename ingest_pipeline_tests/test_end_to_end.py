@@ -242,3 +242,40 @@ def test_backfill_range_and_single_file_reingest_are_idempotent(
     bronze_meta = outcome.asset_materializations_for_node("track_bronze")[0].metadata
     assert bronze_meta["files"].value == 1
     assert snapshot(wh) == before
+
+
+def test_sensor_ingests_fifty_same_second_uploads_exactly_once(
+    s3_bucket, pipeline_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """50 track files land on S3 around one second, some after a tick already ran in that
+    second; every file is ingested once, in batches (several files per run)."""
+    client, bucket = s3_bucket
+    url = f"s3://{bucket}/drop"
+    monkeypatch.setenv("INGEST_LANDING_URL", url)
+    monkeypatch.setenv("INGEST_MAX_FILES_PER_RUN", "20")
+    landing = landing_from_url(url, s3_client=client)
+
+    def drop(i: int) -> None:
+        row = {"event_text": "opened", "event_timestamp": 1_767_225_600 + i, "contact_key": f"c{i}"}
+        landing.put(f"track/burst-{i:02d}.jsonl", (json.dumps(row) + "\n").encode())
+
+    cursors: dict[str, str | None] = {}
+    with dg.instance_for_test() as instance:
+        for i in range(30):
+            drop(i)
+        first = tick_and_run(instance, cursors)
+        for i in range(30, 50):
+            drop(i)
+        second = tick_and_run(instance, cursors)
+        assert tick_and_run(instance, cursors) == 0
+        runs = instance.get_runs()
+    assert first >= 2 and second >= 1  # batched: 20 files per run at most
+    assert all(int(r.tags["ingest/files"]) <= 20 for r in runs)
+    assert sum(int(r.tags["ingest/files"]) for r in runs) == 50
+    with warehouse.connect(pipeline_env / "warehouse.duckdb", read_only=True) as con:
+        files = con.execute(
+            "SELECT landing_key, status, rows_loaded FROM ingested_files ORDER BY 1"
+        ).fetchall()
+        events = con.execute("SELECT count(*) FROM events").fetchall()[0][0]
+    assert files == [(f"track/burst-{i:02d}.jsonl", "ingested", 1) for i in range(50)]
+    assert events == 50
