@@ -68,6 +68,8 @@ def new_connection(temp_dir: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     con.execute(f"SET temp_directory = {sql_str(str(temp_dir))}")
     con.execute(f"SET memory_limit = {sql_str(MEMORY_LIMIT)}")
+    # Timestamps without an offset are UTC, whatever the machine's time zone (SPEC section 6).
+    con.execute("SET TimeZone = 'UTC'")
     return con
 
 

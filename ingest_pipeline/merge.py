@@ -129,7 +129,9 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
         WHERE {_outranks(attr_target, "excluded", "attribute_values")}
         """
     )
-    # Rebuild the entity rows of the keys this batch touched from their current values.
+    # Rebuild the entity row of every key in the batch (with or without attributes) from its
+    # current values; first/last seen come from all the batch's rows, not only the winning values,
+    # so one batch gives what one merge per file gives.
     scalar_select = ", ".join(
         f"any_value(value ->> '$') FILTER (WHERE attribute = {sql_str(c)}) AS {ident(c)}"
         for c in scalar_cols
@@ -146,23 +148,25 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
         f"""
         INSERT INTO {ident(entity)} (tenant_id, {ident(key_col)}, {", ".join(ident(c) for c in value_cols) + ", " if value_cols else ""}
                                      attributes, first_seen_at, updated_at)
-        SELECT v.tenant_id, v.entity_key, {selects + ", " if selects else ""}
+        SELECT touched.tenant_id, touched.entity_key, {selects + ", " if selects else ""}
                coalesce(to_json(map_from_entries(
                    list(struct_pack(k := attribute, v := value))
                    FILTER (WHERE attribute NOT IN ({excluded_attrs})))), '{{}}')::JSON,
-               (SELECT min(landed_at) FROM batch_values b
-                WHERE b.tenant_id = v.tenant_id AND b.entity_key = v.entity_key),
-               max(v.landed_at)
-        FROM attribute_values v
-        JOIN (SELECT DISTINCT tenant_id, entity_key FROM batch_values) touched
-          ON v.tenant_id = touched.tenant_id AND v.entity_key = touched.entity_key
-        WHERE v.entity = {sql_str(entity)}
-        GROUP BY v.tenant_id, v.entity_key
+               any_value(touched.first_seen_at), any_value(touched.last_seen_at)
+        FROM (
+            SELECT tenant_id, {ident(key_col)} AS entity_key, min(landed_at) AS first_seen_at,
+                   max(landed_at) AS last_seen_at
+            FROM batch GROUP BY ALL
+        ) touched
+        LEFT JOIN attribute_values v
+          ON v.entity = {sql_str(entity)} AND v.tenant_id = touched.tenant_id
+         AND v.entity_key = touched.entity_key
+        GROUP BY touched.tenant_id, touched.entity_key
         ON CONFLICT (tenant_id, {ident(key_col)}) DO UPDATE SET
             {", ".join(f"{ident(c)} = excluded.{ident(c)}" for c in value_cols) + "," if value_cols else ""}
             attributes = excluded.attributes,
             first_seen_at = least({ident(entity)}.first_seen_at, excluded.first_seen_at),
-            updated_at = excluded.updated_at
+            updated_at = greatest({ident(entity)}.updated_at, excluded.updated_at)
         """
     )
 

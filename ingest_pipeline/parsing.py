@@ -96,7 +96,7 @@ def stage_ndjson(
             -- row_number() over the single-column scan keeps file order (tested).
             SELECT line_number,
                    -- a UTF-8 byte order mark is not part of the first record
-                   CASE WHEN line_number = 1 THEN ltrim(raw, chr(65279)) ELSE raw END AS raw
+                   coalesce(CASE WHEN line_number = 1 THEN ltrim(raw, chr(65279)) ELSE raw END, '') AS raw
             FROM (SELECT row_number() OVER () AS line_number, line AS raw
             FROM read_csv({sql_str(str(path))}, columns = {{'line': 'VARCHAR'}},
                           delim = {sql_str(LINE_DELIMITER)}, quote = '', escape = '',
@@ -148,6 +148,19 @@ def _csv_scan(path: Path, shape: FileShape, header: list[str], escape: str) -> s
     )
 
 
+def _scan_csv(
+    con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, header: list[str], escape: str
+) -> int:
+    """Read the records into temp table `csv_rows`; returns how many records DuckDB rejected."""
+    # The reject tables accumulate over scans and a scan without errors adds no `reject_scans`
+    # row (its errors would be the previous scan's): each scan starts with fresh reject tables.
+    con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
+    con.execute(
+        f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, shape, header, escape)}"
+    )
+    return con.execute("SELECT count(DISTINCT line) FROM reject_errors").fetchall()[0][0]
+
+
 def _csv_record_text(header: list[str]) -> str:
     """SQL re-serialising a parsed CSV row as a CSV line (its raw text in the quarantine)."""
     parts = [
@@ -174,22 +187,14 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
     # with fewer rejected records.
     best: tuple[int, str] | None = None
     for escape in ('"', "\\"):
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, shape, header, escape)}"
-        )
-        rejected = con.execute(
-            "SELECT count(DISTINCT line) FROM reject_errors "
-            "WHERE scan_id = (SELECT max(scan_id) FROM reject_scans)"
-        ).fetchall()[0][0]
+        rejected = _scan_csv(con, path, shape, header, escape)
         if best is None or rejected < best[0]:
             best = (rejected, escape)
         if rejected == 0:
             break
     assert best is not None
     if best[1] != escape:
-        con.execute(
-            f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, shape, header, best[1])}"
-        )
+        _scan_csv(con, path, shape, header, best[1])
 
     declared = set(feed.field_names)
     extras = [c for c in header if c not in declared]
@@ -241,10 +246,16 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
             SELECT row_number() OVER () AS good_ordinal, * FROM csv_rows
         ),
         gaps AS (
-            -- the number of good records before rejected record j is line_j - 2 - (j - 1)
-            SELECT line_number - 1 - row_number() OVER (ORDER BY line_number) AS good_before,
-                   row_number() OVER (ORDER BY line_number) AS rejects_so_far
-            FROM csv_rejects
+            -- the number of good records before rejected record j is line_j - 2 - (j - 1);
+            -- consecutive rejected records share it: keep the last one's count (ASOF needs
+            -- unique keys to be deterministic)
+            SELECT good_before, max(rejects_so_far) AS rejects_so_far
+            FROM (
+                SELECT line_number - 1 - row_number() OVER (ORDER BY line_number) AS good_before,
+                       row_number() OVER (ORDER BY line_number) AS rejects_so_far
+                FROM csv_rejects
+            )
+            GROUP BY good_before
         ),
         numbered AS (
             SELECT good.*, good_ordinal + 1 + coalesce(gaps.rejects_so_far, 0) AS line_number
