@@ -39,6 +39,19 @@ class SegmentConfig(_Strict):
     name: str = Field(min_length=1)
     sql: str = Field(min_length=1)
 
+    @field_validator("sql")
+    @classmethod
+    def _sql(cls, value: str) -> str:
+        # Parsed (not run) now, so a typo or a query that could read another tenant's rows is a
+        # load-time error naming flows[i].segment.sql rather than a failed export at night.
+        from ingest_pipeline.exports.membership import SegmentSqlError, check_segment_sql
+
+        try:
+            check_segment_sql(value)
+        except SegmentSqlError as exc:
+            raise ValueError(str(exc)) from None
+        return value.strip().rstrip(";").strip()
+
 
 def _check_target(value: str) -> str:
     text = value.strip()
@@ -56,6 +69,16 @@ def _check_target(value: str) -> str:
                 parsed.port  # noqa: B018 - raises on a non-numeric port
             except ValueError as exc:
                 raise ValueError(f"{value!r} has an invalid port") from exc
+            if parsed.password is not None:
+                # Never echo the value: it is a secret.
+                raise ValueError(
+                    "sftp target must not contain a password; name an environment variable in "
+                    "target_password_env instead"
+                )
+            if not parsed.username:
+                raise ValueError(f"{value!r} has no user: use sftp://user@host[:port][/path]")
+            if parsed.query or parsed.fragment:
+                raise ValueError(f"{value!r}: an sftp target takes no '?' query or '#' fragment")
         elif parsed.scheme == "file":
             pass
         else:
@@ -63,6 +86,43 @@ def _check_target(value: str) -> str:
                 f"{value!r}: unsupported scheme {parsed.scheme!r}; use s3://, sftp:// or a folder"
             )
     return text
+
+
+# Columns of every flow data file, in order (SPEC section 7); custom contexts follow.
+FEED_COLUMNS = (
+    "identifier",
+    "timestamp",
+    "segment_name",
+    "flow_name",
+    "action",
+    "variant",
+    "operation",
+)
+# The `action` of each member's data-feed entry; the flow's own actions add one entry each.
+DATA_FEED_ACTION = "data_feed"
+
+_CRON_ALIASES = {
+    "hourly": "0 * * * *",
+    "daily": "0 0 * * *",
+    "weekly": "0 0 * * 0",
+    "monthly": "0 0 1 * *",
+}
+_CRON_FIELD = re.compile(
+    r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*"
+)
+
+
+def cron_schedule(value: str) -> str:
+    """'hourly' | 'daily' | 'weekly' | 'monthly' | a five-field cron string -> a cron string."""
+    text = value.strip()
+    if text in _CRON_ALIASES:
+        return _CRON_ALIASES[text]
+    fields = text.split()
+    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+        raise ValueError(
+            f"{value!r} is not hourly, daily, weekly, monthly or a five-field cron string"
+        )
+    return " ".join(fields)
 
 
 class FlowConfig(_Strict):
@@ -76,15 +136,80 @@ class FlowConfig(_Strict):
     format: Literal["csv", "tsv", "jsonl"] = "csv"
     hash_identity: bool = False
     target: str | None = None  # default: INGEST_EXPORT_URL
-    target_password_env: str | None = None
-    target_key_env: str | None = None
+    target_password_env: str | None = None  # sftp: variable holding the password
+    target_key_env: str | None = None  # sftp: variable holding a private key (OpenSSH/PEM text)
+    target_known_hosts: str | None = None  # sftp: known_hosts file; default ~/.ssh/known_hosts
     path: str = ""
     custom_contexts: list[str] = []
+    # Also export on this cron schedule (segments that change with time, e.g. "last 7 days");
+    # exports always run after new data merges into the warehouse.
+    schedule: str | None = None
 
     @field_validator("target")
     @classmethod
     def _target(cls, value: str | None) -> str | None:
         return None if value is None else _check_target(value)
+
+    @field_validator("target_password_env", "target_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the name of an environment variable (letters, digits, '_')")
+        return value
+
+    @field_validator("actions")
+    @classmethod
+    def _actions(cls, value: list[str]) -> list[str]:
+        for action in value:
+            if not action.strip():
+                raise ValueError("an action name must not be empty")
+            if action == DATA_FEED_ACTION:
+                raise ValueError(
+                    f"{DATA_FEED_ACTION!r} is reserved: it is the action of every member's "
+                    "data-feed entry"
+                )
+        if len(set(value)) != len(value):
+            raise ValueError("actions must be distinct")
+        return value
+
+    @field_validator("custom_contexts")
+    @classmethod
+    def _contexts(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(
+                    f"{name!r}: a custom context is a column of the segment query: letters, "
+                    "digits and '_', not starting with a digit"
+                )
+            if name.lower() in FEED_COLUMNS:
+                raise ValueError(f"{name!r} is already a column of every data file")
+        if len({n.lower() for n in value}) != len(value):
+            raise ValueError("custom contexts must be distinct")
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        return None if value is None else cron_schedule(value)
+
+    @model_validator(mode="after")
+    def _sftp_settings(self) -> FlowConfig:
+        sftp_fields = [
+            name
+            for name in ("target_password_env", "target_key_env", "target_known_hosts")
+            if getattr(self, name) is not None
+        ]
+        if self.target is None:
+            return self  # INGEST_EXPORT_URL decides; checked when the export runs
+        if self.target.lower().startswith("sftp://"):
+            if self.target_password_env is None and self.target_key_env is None:
+                raise ValueError(
+                    "an sftp target needs target_password_env or target_key_env (the name of "
+                    "the environment variable holding the secret)"
+                )
+        elif sftp_fields:
+            raise ValueError(f"{', '.join(sftp_fields)} only apply to sftp:// targets")
+        return self
 
     @field_validator("path")
     @classmethod
