@@ -15,6 +15,7 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
+from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.parsing import UnsupportedFile, ident, sql_str, stage_file
 from ingest_pipeline.validation import typed_sql
@@ -92,20 +93,49 @@ def _bronze_select(feed: FeedSpec, source: SourceFile) -> str:
     return ", ".join(cols)
 
 
-def process_file(local_path: Path, source: SourceFile, feed: FeedSpec, workdir: Path) -> FileReport:
+def _policy_verdict(report: FileReport, policy: FeedPolicy) -> str | None:
+    """Why the error policy refuses the whole file, or None when its good rows may load."""
+    if report.rows_rejected == 0:
+        return None
+    share = report.rows_rejected / report.rows_read
+    first = report.rejects.slice(0, 1).to_pylist()[0]
+    summary = (
+        f"{report.rows_rejected} of {report.rows_read} rows rejected ({share:.1%}); first: "
+        f"line {first['line_number']}: {first['reason']}"
+    )
+    if policy.on_error == "abort":
+        return f"import aborted (on_error: abort): {summary}"
+    if policy.on_error == "skip_file" and share > policy.max_rejected_fraction:
+        return (
+            f"file skipped (on_error: skip_file, max_rejected_fraction "
+            f"{policy.max_rejected_fraction:g}): {summary}"
+        )
+    return None
+
+
+def process_file(
+    local_path: Path,
+    source: SourceFile,
+    feed: FeedSpec,
+    workdir: Path,
+    policy: FeedPolicy | None = None,
+) -> FileReport:
     """Parse, type, validate and dedupe one local copy of a landed file.
 
     Writes `<workdir>/<file_id>.parquet` with the rows to merge and returns the counts and the
-    rejected rows. Whole-file problems give status `failed` with the reason, never an exception.
+    rejected rows. Whole-file problems give status `failed` (or `skipped` by the error policy)
+    with the reason, never an exception; the file's rows are then all in the quarantine, so
+    rows_read = rows_loaded + rows_duplicate + rows_rejected still holds.
     """
     from ingest_pipeline.validation import validate_staged
 
+    policy = policy or FeedPolicy()
     workdir.mkdir(parents=True, exist_ok=True)
     report = FileReport(source=source, feed=feed.name, status="parsed")
     con = new_connection(workdir)
     try:
         try:
-            stage_file(con, local_path, source.key, feed)
+            staged = stage_file(con, local_path, source.key, feed)
         except UnsupportedFile as exc:
             report.status, report.error = "failed", str(exc)
             return report
@@ -117,6 +147,16 @@ def process_file(local_path: Path, source: SourceFile, feed: FeedSpec, workdir: 
         if report.rows_read == 0:
             report.status = "failed"
             report.error = "found zero data rows in the file"
+            return report
+
+        if staged.file_error:
+            # The file as a whole is wrong: every record goes to the quarantine with that reason.
+            report.status, report.error = "failed", staged.file_error
+            report.rejects = con.sql(
+                "SELECT line_number, raw, $reason AS reason FROM staged ORDER BY line_number",
+                params={"reason": staged.file_error},
+            ).to_arrow_table()
+            report.rows_rejected = report.rejects.num_rows
             return report
 
         row_rejects = validate_staged(con, feed)
@@ -133,30 +173,47 @@ def process_file(local_path: Path, source: SourceFile, feed: FeedSpec, workdir: 
         con.unregister("row_rejects_arrow")
         report.rejects = con.sql("SELECT * FROM rejects ORDER BY line_number").to_arrow_table()
         report.rows_rejected = report.rejects.num_rows
+        report.error = staged.damage
+
+        refusal = _policy_verdict(report, policy)
+        if refusal is not None:
+            # Nothing from the file merges; its good rows wait in the quarantine with the reason.
+            report.status = "failed" if policy.on_error == "abort" else "skipped"
+            report.error = refusal if not staged.damage else f"{refusal}; {staged.damage}"
+            report.rejects = con.sql(
+                """
+                SELECT line_number, raw, reason FROM rejects
+                UNION ALL
+                SELECT line_number, raw, 'not loaded: ' || $refusal AS reason FROM staged
+                WHERE line_number NOT IN (SELECT line_number FROM rejects)
+                ORDER BY line_number
+                """,
+                params={"refusal": refusal},
+            ).to_arrow_table()
+            report.rows_rejected = report.rejects.num_rows
+            return report
 
         dedupe = ""
         if feed.dedupe_key:
             # Within one file the first occurrence of a key wins.
             key = ", ".join(ident(k) for k in feed.dedupe_key)
             dedupe = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY line_number) = 1"
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE bronze AS
-            SELECT * FROM (
-                SELECT {_bronze_select(feed, source)}
-                FROM staged
-                WHERE error IS NULL
-                  AND line_number NOT IN (SELECT line_number FROM rejects)
-            ) {dedupe}
-            """
-        )
-        report.rows_valid = con.execute("SELECT count(*) FROM bronze").fetchall()[0][0]
-        report.rows_duplicate = report.rows_read - report.rows_rejected - report.rows_valid
         bronze_path = workdir / f"{source.file_id}.parquet"
-        con.execute(
-            f"COPY (SELECT * FROM bronze ORDER BY line_number) TO {sql_str(str(bronze_path))} "
-            "(FORMAT parquet, COMPRESSION zstd)"
-        )
+        # COPY answers with the number of rows it wrote.
+        report.rows_valid = con.execute(
+            f"""
+            COPY (
+                SELECT * FROM (
+                    SELECT {_bronze_select(feed, source)}
+                    FROM staged
+                    WHERE error IS NULL
+                      AND line_number NOT IN (SELECT line_number FROM rejects)
+                ) {dedupe}
+                ORDER BY line_number
+            ) TO {sql_str(str(bronze_path))} (FORMAT parquet, COMPRESSION zstd)
+            """
+        ).fetchall()[0][0]
+        report.rows_duplicate = report.rows_read - report.rows_rejected - report.rows_valid
         report.bronze_path = bronze_path
         return report
     finally:

@@ -16,6 +16,8 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -35,6 +37,11 @@ COMPRESSION_EXTENSIONS = (".gz", ".gzip")
 LINE_DELIMITER = "\x1f"
 # A single record longer than this is reported as an error instead of exhausting memory.
 MAX_LINE_BYTES = 8 * 1024 * 1024  # DuckDB buffers 16x this for gzip input
+# The quarantine keeps at most this much of one record's raw text.
+RAW_TEXT_LIMIT = 65_536
+INVALID_JSON = "invalid JSON: the line is not a valid JSON document"
+# Invalid JSON lines whose error position is worked out (the rest keep the general reason).
+DESCRIBE_JSON_ERRORS = 10_000
 
 
 class UnsupportedFile(Exception):
@@ -78,6 +85,86 @@ def _json_path(name: str) -> str:
     return '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+def _reader_rejects(con: duckdb.DuckDBPyConnection, what: str, header_fields: int | None) -> None:
+    """Temp table `read_rejects(line_number, raw, error)`: the records DuckDB's reader refused.
+
+    One row per record, with a reason a person can act on (several errors of one record are
+    joined). The raw text of an over-long record is cut to RAW_TEXT_LIMIT characters.
+    """
+    expected = f" instead of {header_fields}" if header_fields is not None else ""
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE read_rejects AS
+        WITH errors AS (
+            SELECT line::BIGINT AS line_number, error_type, min(column_idx) AS first_column,
+                   first(csv_line ORDER BY column_idx) AS raw,
+                   min(TRY_CAST(regexp_extract(error_message, 'Found: (\\d+)', 1) AS BIGINT)) AS found_min,
+                   max(TRY_CAST(regexp_extract(error_message, 'Found: (\\d+)', 1) AS BIGINT)) AS found_max,
+                   first(error_message) AS message
+            FROM reject_errors
+            GROUP BY line, error_type
+        )
+        SELECT line_number, left(first(raw ORDER BY first_column), {RAW_TEXT_LIMIT}) AS raw,
+               {sql_str(what)} || ' ' || string_agg(
+                    CASE error_type
+                        WHEN 'TOO MANY COLUMNS' THEN {
+            "'has more fields than the header (' || found_max || '" + expected + ")'"
+            if header_fields is not None
+            else "'contains the control character 0x1F, which JSON does not allow unescaped'"
+        }
+                        WHEN 'MISSING COLUMNS' THEN 'has fewer fields than the header ('
+                            || found_min || '{expected}): a field is missing, or a line break '
+                            || 'outside quotes splits the record'
+                        WHEN 'UNQUOTED VALUE' THEN 'has an unescaped or unterminated quote '
+                            || '(escape a quote inside a quoted field as "" or \\")'
+                        WHEN 'INVALID ENCODING' THEN 'is not valid UTF-8 (invalid bytes are '
+                            || 'shown as ?): re-export the file as UTF-8'
+                        WHEN 'LINE SIZE OVER MAXIMUM' THEN 'is longer than the parser''s limit of '
+                            || '{MAX_LINE_BYTES} bytes ('
+                            || coalesce(regexp_extract(message, 'Actual Size:\\s*(\\d+)', 1), '?')
+                            || ' bytes)'
+                        ELSE lower(error_type) || ': ' || message
+                    END, '; ' ORDER BY error_type) AS error
+        FROM errors
+        GROUP BY line_number
+        """
+    )
+
+
+def _numbered(good_rows: str, first_line: int) -> str:
+    """SQL numbering the reader's good records by their record number in the file.
+
+    The reader gives line numbers for the records it rejects (`read_rejects`) but not for the
+    good ones, which arrive in file order: good record k is the k-th record number from
+    `first_line` on that is not a rejected one.
+    """
+    return f"""
+        good AS (SELECT row_number() OVER () AS good_ordinal, * FROM {good_rows}),
+        gaps AS (
+            -- good records before rejected record j: line_j - first_line - (j - 1); consecutive
+            -- rejected records share it: keep the last one's count (ASOF needs unique keys)
+            SELECT good_before, max(rejects_so_far) AS rejects_so_far
+            FROM (
+                SELECT line_number - {first_line} + 1 - row_number() OVER (ORDER BY line_number)
+                           AS good_before,
+                       row_number() OVER (ORDER BY line_number) AS rejects_so_far
+                FROM read_rejects
+            )
+            GROUP BY good_before
+        ),
+        numbered AS (
+            SELECT good.*,
+                   good_ordinal + {first_line - 1} + coalesce(gaps.rejects_so_far, 0) AS line_number
+            FROM good ASOF LEFT JOIN gaps ON good.good_ordinal > gaps.good_before
+        )"""
+
+
+def _fresh_rejects(con: duckdb.DuckDBPyConnection) -> None:
+    # The reject tables accumulate over scans and a scan without errors adds no `reject_scans`
+    # row (its errors would be the previous scan's): each scan starts with fresh reject tables.
+    con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
+
+
 def stage_ndjson(
     con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec
 ) -> None:
@@ -89,26 +176,40 @@ def stage_ndjson(
         f"CASE WHEN error IS NULL THEN extracted[{i + 1}] END AS {ident(f)}"
         for i, f in enumerate(fields)
     )
+    _fresh_rejects(con)
+    # One line = one VARCHAR: a delimiter that cannot occur in valid JSON text and no quoting.
+    # store_rejects keeps lines the reader refuses (bad UTF-8, over-long) as rejects, not errors.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE ndjson_lines AS
+        SELECT line AS raw
+        FROM read_csv({sql_str(str(path))}, columns = {{'line': 'VARCHAR'}},
+                      delim = {sql_str(LINE_DELIMITER)}, quote = '', escape = '',
+                      header = false, auto_detect = false, strict_mode = true,
+                      store_rejects = true,
+                      compression = {sql_str("gzip" if shape.compression == "gzip" else "none")},
+                      max_line_size = {MAX_LINE_BYTES})
+        """
+    )
+    _reader_rejects(con, "line", None)
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE staged AS
-        WITH lines AS (
-            -- row_number() over the single-column scan keeps file order (tested).
+        WITH {_numbered("ndjson_lines", first_line=1)},
+        lines AS (
             SELECT line_number,
                    -- a UTF-8 byte order mark is not part of the first record
-                   coalesce(CASE WHEN line_number = 1 THEN ltrim(raw, chr(65279)) ELSE raw END, '') AS raw
-            FROM (SELECT row_number() OVER () AS line_number, line AS raw
-            FROM read_csv({sql_str(str(path))}, columns = {{'line': 'VARCHAR'}},
-                          delim = {sql_str(LINE_DELIMITER)}, quote = '', escape = '',
-                          header = false, auto_detect = false, strict_mode = false,
-                          compression = {sql_str("gzip" if shape.compression == "gzip" else "none")},
-                          max_line_size = {MAX_LINE_BYTES}))
+                   coalesce(CASE WHEN line_number = 1 THEN ltrim(raw, chr(65279)) ELSE raw END, '')
+                       AS raw
+            FROM numbered
         ),
         checked AS (
             SELECT line_number, raw,
                 CASE
-                    WHEN raw IS NULL OR trim(raw) = '' THEN 'empty line: each line must be one JSON object'
-                    WHEN NOT json_valid(raw) THEN 'invalid JSON: the line is not a valid JSON document'
+                    WHEN trim(raw) = '' THEN 'empty line: each line must be one JSON object'
+                    WHEN contains(raw, chr(0)) THEN
+                        'line contains NUL bytes (\\0), which JSON does not allow'
+                    WHEN NOT json_valid(raw) THEN {sql_str(INVALID_JSON)}
                     WHEN json_type(raw) <> 'OBJECT' THEN
                         'line is JSON but not an object (it is ' || lower(json_type(raw))
                         || '): each line must be one JSON object'
@@ -123,7 +224,43 @@ def stage_ndjson(
             SELECT *, CASE WHEN error IS NULL THEN json_extract_string(raw, {paths}) END AS extracted
             FROM checked
         )
+        UNION ALL
+        SELECT line_number, raw, error, {", ".join(f"NULL::VARCHAR AS {ident(f)}" for f in fields)},
+               NULL::JSON AS {ident(feed.extras_column)}
+        FROM read_rejects
         """
+    )
+    con.execute("DROP TABLE ndjson_lines")
+    _describe_invalid_json(con)
+
+
+def _describe_invalid_json(con: duckdb.DuckDBPyConnection) -> None:
+    """Say where each invalid JSON line breaks (Python's decoder reports the position).
+
+    Runs over rejected lines only, and at most DESCRIBE_JSON_ERRORS of them.
+    """
+    rows = con.execute(
+        "SELECT line_number, raw FROM staged WHERE error = ? ORDER BY line_number LIMIT ?",
+        [INVALID_JSON, DESCRIBE_JSON_ERRORS],
+    ).fetchall()
+    if not rows:
+        return
+    described = []
+    for line_number, raw in rows:
+        try:
+            json.loads(raw)
+        except ValueError as exc:
+            msg = getattr(exc, "msg", str(exc))
+            col = getattr(exc, "colno", None)
+            near = raw[max(0, (col or 1) - 11) : (col or 1) + 10] if col else ""
+            described.append((line_number, f"invalid JSON at column {col}: {msg} (near {near!r})"))
+        else:  # DuckDB and Python disagree (e.g. NaN): keep the general reason
+            described.append((line_number, INVALID_JSON))
+    con.execute("CREATE OR REPLACE TEMP TABLE json_errors (line_number BIGINT, reason VARCHAR)")
+    con.executemany("INSERT INTO json_errors VALUES (?, ?)", described)
+    con.execute(
+        "UPDATE staged SET error = j.reason FROM json_errors j "
+        "WHERE staged.line_number = j.line_number"
     )
 
 
@@ -152,9 +289,7 @@ def _scan_csv(
     con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, header: list[str], escape: str
 ) -> int:
     """Read the records into temp table `csv_rows`; returns how many records DuckDB rejected."""
-    # The reject tables accumulate over scans and a scan without errors adds no `reject_scans`
-    # row (its errors would be the previous scan's): each scan starts with fresh reject tables.
-    con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
+    _fresh_rejects(con)
     con.execute(
         f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, shape, header, escape)}"
     )
@@ -207,60 +342,11 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
         if extras
         else "'{}'::JSON"
     )
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE csv_rejects AS
-        WITH errors AS (
-            -- reject_errors accumulates over scans: keep the last scan's errors only
-            SELECT line::BIGINT AS line_number, error_type, min(column_idx) AS first_column,
-                   first(csv_line ORDER BY column_idx) AS raw,
-                   min(TRY_CAST(regexp_extract(error_message, 'Found: (\\d+)', 1) AS BIGINT)) AS found_min,
-                   max(TRY_CAST(regexp_extract(error_message, 'Found: (\\d+)', 1) AS BIGINT)) AS found_max,
-                   first(error_message) AS message
-            FROM reject_errors
-            WHERE scan_id = (SELECT max(scan_id) FROM reject_scans)
-            GROUP BY line, error_type
-        )
-        SELECT line_number, first(raw ORDER BY first_column) AS raw,
-               'CSV record ' || string_agg(
-                    CASE error_type
-                        WHEN 'TOO MANY COLUMNS' THEN 'has more fields than the header ('
-                            || found_max || ' instead of {len(header)})'
-                        WHEN 'MISSING COLUMNS' THEN 'has fewer fields than the header ('
-                            || found_min || ' instead of {len(header)})'
-                        WHEN 'UNQUOTED VALUE' THEN 'has an unescaped or unterminated quote'
-                        WHEN 'INVALID ENCODING' THEN 'is not valid UTF-8'
-                        WHEN 'LINE SIZE OVER MAXIMUM' THEN 'is longer than {MAX_LINE_BYTES} bytes'
-                        ELSE lower(error_type) || ': ' || message
-                    END, '; ' ORDER BY error_type) AS error
-        FROM errors
-        GROUP BY line_number
-        """
-    )
-    # Good records carry no line number from the reader; the rejected ones do. Good record k
-    # (in order) is the k-th record number after the header that is not a rejected one.
+    _reader_rejects(con, "CSV record", len(header))
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE staged AS
-        WITH good AS (
-            SELECT row_number() OVER () AS good_ordinal, * FROM csv_rows
-        ),
-        gaps AS (
-            -- the number of good records before rejected record j is line_j - 2 - (j - 1);
-            -- consecutive rejected records share it: keep the last one's count (ASOF needs
-            -- unique keys to be deterministic)
-            SELECT good_before, max(rejects_so_far) AS rejects_so_far
-            FROM (
-                SELECT line_number - 1 - row_number() OVER (ORDER BY line_number) AS good_before,
-                       row_number() OVER (ORDER BY line_number) AS rejects_so_far
-                FROM csv_rejects
-            )
-            GROUP BY good_before
-        ),
-        numbered AS (
-            SELECT good.*, good_ordinal + 1 + coalesce(gaps.rejects_so_far, 0) AS line_number
-            FROM good ASOF LEFT JOIN gaps ON good.good_ordinal > gaps.good_before
-        )
+        WITH {_numbered("csv_rows", first_line=2)}
         SELECT line_number, {_csv_record_text(header)} AS raw, NULL::VARCHAR AS error,
                {field_cols}, {extras_sql}::JSON AS {ident(feed.extras_column)}
         FROM numbered
@@ -268,16 +354,143 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
         SELECT line_number, raw, error,
                {", ".join(f"NULL::VARCHAR AS {ident(f)}" for f in feed.field_names)},
                NULL::JSON AS {ident(feed.extras_column)}
-        FROM csv_rejects
+        FROM read_rejects
         """
     )
+    con.execute("DROP TABLE csv_rows")
 
 
-def stage_file(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: FeedSpec) -> FileShape:
-    """Create temp table `staged` from the local file at `path` (`name` gives its format)."""
-    shape = detect_shape(name)
+@dataclass(frozen=True)
+class StageResult:
+    shape: FileShape
+    # The file as a whole is wrong (one JSON document, only NUL bytes): nothing in it loads.
+    file_error: str | None = None
+    # The file is damaged part way (truncated gzip): the records before the damage were staged.
+    damage: str | None = None
+
+
+def _ndjson_file_error(con: duckdb.DuckDBPyConnection) -> str | None:
+    objects, nul_lines, total, first_text = con.execute(
+        """
+        SELECT count(*) FILTER (WHERE error IS NULL),
+               count(*) FILTER (WHERE regexp_full_match(raw, '\x00+')),
+               count(*),
+               first(ltrim(raw) ORDER BY line_number) FILTER (WHERE trim(raw) <> '')
+        FROM staged
+        """
+    ).fetchall()[0]
+    if total and nul_lines == total:
+        return (
+            "the file contains only NUL bytes (an upload that failed or was pre-allocated): "
+            "send the file again"
+        )
+    if first_text is not None and first_text.startswith("[") and objects * 2 < total:
+        return (
+            "the file is one JSON array, not one JSON object per line: "
+            "each line must be one JSON object"
+        )
+    if objects == 0 and first_text is not None:
+        if first_text.startswith("["):
+            return (
+                "the file is one JSON array, not one JSON object per line: "
+                "each line must be one JSON object"
+            )
+        if first_text.startswith("{") and total > 1:
+            return (
+                "the file is one multi-line (pretty-printed) JSON document: "
+                "each line must be one JSON object"
+            )
+    return None
+
+
+def salvage_gzip(path: Path, dest: Path) -> tuple[int, str] | None:
+    """Decompress what can be read of a damaged gzip file into `dest`, up to its last complete
+    line. Returns (bytes kept, what is wrong), or None if the file decompresses cleanly."""
+    decompressor = zlib.decompressobj(wbits=47)  # gzip header, any window size
+    problem: str | None = None
+    kept = 0
+    with open(path, "rb") as src, open(dest, "wb") as out:
+        while chunk := src.read(1 << 20):
+            try:
+                data = decompressor.decompress(chunk)
+                while decompressor.unused_data:  # a second gzip member follows
+                    rest = decompressor.unused_data
+                    decompressor = zlib.decompressobj(wbits=47)
+                    data += decompressor.decompress(rest)
+            except zlib.error as exc:
+                problem = f"corrupt ({exc})"
+                break
+            out.write(data)
+            kept += len(data)
+        if problem is None and not decompressor.eof:
+            problem = "truncated (the file ends in the middle of the gzip stream)"
+    if problem is None:
+        dest.unlink(missing_ok=True)
+        return None
+    # The last, partial line belongs to the damage.
+    with open(dest, "rb+") as out:
+        size = out.seek(0, 2)
+        tail_start = max(0, size - (1 << 20))
+        while True:
+            out.seek(tail_start)
+            tail = out.read(size - tail_start)
+            cut = tail.rfind(b"\n")
+            if cut >= 0 or tail_start == 0:
+                keep = tail_start + cut + 1 if cut >= 0 else 0
+                break
+            tail_start = max(0, tail_start - (1 << 20))
+        out.truncate(keep)
+    return keep, problem
+
+
+def _stage(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec) -> None:
     if shape.file_format == "ndjson":
         stage_ndjson(con, path, shape, feed)
     else:
         stage_csv(con, path, shape, feed)
-    return shape
+
+
+def stage_file(
+    con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: FeedSpec
+) -> StageResult:
+    """Create temp table `staged` from the local file at `path` (`name` gives its format)."""
+    shape = detect_shape(name)
+    damage = None
+    read_error: duckdb.Error | None = None
+    try:
+        _stage(con, path, shape, feed)
+        # DuckDB's gzip reader does not check the CRC: corrupt data can decode into garbage
+        # lines. Rejected lines in a gzip file are worth one integrity check of the stream.
+        suspicious = (
+            shape.compression == "gzip"
+            and con.execute("SELECT count(*) > 0 FROM staged WHERE error IS NOT NULL").fetchall()[
+                0
+            ][0]
+        )
+    except duckdb.Error as exc:
+        if shape.compression != "gzip":
+            raise
+        read_error, suspicious = exc, True
+    if suspicious:
+        salvaged = path.with_name(path.name + ".salvaged")
+        found = salvage_gzip(path, salvaged)
+        if found is None and read_error is not None:
+            raise read_error
+        if found is not None:
+            kept, problem = found
+            try:
+                _stage(con, salvaged, FileShape(shape.file_format, "none"), feed)
+            finally:
+                salvaged.unlink(missing_ok=True)
+            damage = (
+                f"the gzip data is {problem} after {kept} bytes of complete lines: the records "
+                "before the damage were read, the rest of the file is lost; send the file again"
+            )
+            # The damaged tail is one more record, in the quarantine with the reason.
+            con.execute(
+                "INSERT INTO staged (line_number, raw, error) "
+                "SELECT coalesce(max(line_number), ?) + 1, '', ? FROM staged",
+                [1 if shape.file_format == "csv" else 0, damage],
+            )
+    file_error = _ndjson_file_error(con) if shape.file_format == "ndjson" else None
+    return StageResult(shape=shape, file_error=file_error, damage=damage)

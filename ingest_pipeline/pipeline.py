@@ -20,6 +20,7 @@ from pathlib import Path
 
 from ingest_pipeline import ledger, warehouse
 from ingest_pipeline.bronze import FileReport, SourceFile, process_file
+from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, LocalLanding
 from ingest_pipeline.merge import BronzeFile, merge_bronze
@@ -65,8 +66,14 @@ def ingest_to_bronze(
     tenant_id: str,
     run_id: str | None = None,
     force: bool = False,
+    policy: FeedPolicy | None = None,
 ) -> BronzeOutcome:
-    """Step 1 for a batch of landed files of one feed."""
+    """Step 1 for a batch of landed files of one feed.
+
+    Under `on_error: abort` the first file that cannot load completely is recorded (ledger and
+    quarantine) and then `IngestAborted` is raised: the run fails with the reason.
+    """
+    policy = policy or FeedPolicy()
     outcome = BronzeOutcome()
     with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
         tmp_dir = Path(tmp)
@@ -96,7 +103,7 @@ def ingest_to_bronze(
                     )
                 continue
             work = tmp_dir / source.file_id
-            report = process_file(local, source, feed, work)
+            report = process_file(local, source, feed, work, policy=policy)
             local.unlink(missing_ok=True)
             bronze_uri = None
             if report.bronze_path is not None:
@@ -115,7 +122,17 @@ def ingest_to_bronze(
                 )
             shutil.rmtree(work, ignore_errors=True)
             outcome.reports.append(report)
+            if policy.on_error == "abort" and report.status != "parsed":
+                raise IngestAborted(f"{source.uri}: {report.error}", outcome)
     return outcome
+
+
+class IngestAborted(Exception):
+    """A file could not load completely under `on_error: abort`; the run must fail."""
+
+    def __init__(self, message: str, outcome: BronzeOutcome) -> None:
+        super().__init__(message)
+        self.outcome = outcome
 
 
 def _write_quarantine(report: FileReport, lake: LandingZone, key: str, work: Path) -> None:

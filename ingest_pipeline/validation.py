@@ -181,12 +181,9 @@ def _failing_rows(
             {"line_number": pd.Series(dtype="int64"), "reason": pd.Series(dtype="string")}
         )
     joined = pd.concat(reasons).sort_values(["line_number", "rule_order"])
-    # One reason per row: the first rule it breaks, in declaration order, plus how many more.
-    grouped = joined.groupby("line_number", sort=True)["reason"]
-    first = grouped.first()
-    extra = grouped.size() - 1
-    reason = first.where(extra == 0, first + "; and " + extra.astype(str) + " more problem(s)")
-    return pd.DataFrame({"line_number": first.index.to_numpy(), "reason": reason.to_numpy()})
+    # One reason per row: every rule it breaks, in declaration order.
+    reason = joined.groupby("line_number", sort=True)["reason"].agg("; ".join)
+    return pd.DataFrame({"line_number": reason.index.to_numpy(), "reason": reason.to_numpy()})
 
 
 def validate_staged(con: duckdb.DuckDBPyConnection, feed: FeedSpec) -> pa_arrow.Table:

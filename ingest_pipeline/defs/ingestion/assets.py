@@ -4,13 +4,23 @@
 import dagster as dg
 
 from ingest_pipeline import pipeline
+from ingest_pipeline.config import IngestConfig, load_config
 from ingest_pipeline.defs.ingestion.partitions import landing_date_partitions
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.feeds import FEEDS, FeedSpec
 from ingest_pipeline.landing import LandedObject
 from ingest_pipeline.ledger import rejects_sample
+from ingest_pipeline.settings import get_settings
 
 WAREHOUSE_POOL = "duckdb_warehouse"
+
+
+def ingest_config() -> IngestConfig:
+    return load_config(get_settings().config_path)
+
+
+# An invalid ingest.yaml fails here, when the code location loads, naming the offending key.
+ingest_config()
 
 
 class LandedFileConfig(dg.Config):
@@ -60,11 +70,13 @@ def _files_to_ingest(
 
 
 def _failed_files_markdown(outcome: pipeline.BronzeOutcome) -> str:
-    failed = [r for r in outcome.reports if r.status == "failed"]
+    failed = [r for r in outcome.reports if r.status in ("failed", "skipped")]
     if not failed and not outcome.vanished:
         return "No failed files."
     lines = ["| file | error |", "| --- | --- |"]
-    lines += [f"| {r.source.uri} | {(r.error or '').replace('|', '/')} |" for r in failed]
+    lines += [
+        f"| {r.source.uri} | {r.status}: {(r.error or '').replace('|', '/')} |" for r in failed
+    ]
     lines += [f"| {uri} | deleted or replaced after it was listed |" for uri in outcome.vanished]
     return "\n".join(lines)
 
@@ -89,16 +101,23 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, config: IngestFilesConfig, ingest: IngestResource
     ) -> dg.MaterializeResult:
         objects, force = _files_to_ingest(context, config, feed, ingest)
-        outcome = pipeline.ingest_to_bronze(
-            objects,
-            feed,
-            landing=ingest.landing(),
-            lake=ingest.lake(),
-            warehouse_path=ingest.warehouse(),
-            tenant_id=ingest.tenant_id(),
-            run_id=context.run_id,
-            force=force,
-        )
+        try:
+            outcome = pipeline.ingest_to_bronze(
+                objects,
+                feed,
+                landing=ingest.landing(),
+                lake=ingest.lake(),
+                warehouse_path=ingest.warehouse(),
+                tenant_id=ingest.tenant_id(),
+                run_id=context.run_id,
+                force=force,
+                policy=ingest_config().policy(feed.name),
+            )
+        except pipeline.IngestAborted as exc:
+            raise dg.Failure(
+                description=str(exc),
+                metadata={"failed_files": dg.MetadataValue.md(_failed_files_markdown(exc.outcome))},
+            ) from None
         reports = outcome.reports
         for r in reports:
             if r.status == "failed":
@@ -114,6 +133,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
             metadata={
                 "files": dg.MetadataValue.int(len(reports)),
                 "files_failed": dg.MetadataValue.int(sum(r.status == "failed" for r in reports)),
+                "files_skipped": dg.MetadataValue.int(sum(r.status == "skipped" for r in reports)),
                 "files_already_ingested": dg.MetadataValue.int(
                     len(outcome.skipped_already_ingested)
                 ),
