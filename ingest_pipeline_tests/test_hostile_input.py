@@ -379,3 +379,38 @@ def test_validate_and_preview_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert lines[2].split("\t")[:4] == ["1", "opened", "1767225601", "c1"]
     assert '"plan":"pro"' in lines[2]
     assert not wh.exists()  # nothing was written to the warehouse
+
+
+def test_object_deleted_or_replaced_after_listing(s3_bucket, tmp_path: Path) -> None:
+    from ingest_pipeline import pipeline
+    from ingest_pipeline.landing import landing_from_url
+
+    client, bucket = s3_bucket
+    landing = landing_from_url(f"s3://{bucket}/in", s3_client=client)
+    for name in ("keep", "gone", "changed"):
+        landing.put(f"track/{name}.jsonl", line(1) + line(2))
+    listed = list(landing.list("track/"))
+    landing.delete("track/gone.jsonl")
+    landing.put("track/changed.jsonl", line(3))  # new content, new ETag
+    wh = tmp_path / "wh.duckdb"
+    outcome = pipeline.ingest_to_bronze(
+        listed,
+        FEEDS["track"],
+        landing=landing,
+        lake=landing_from_url(str(tmp_path / "lake")),
+        warehouse_path=wh,
+        tenant_id="default",
+    )
+    assert sorted(u.rsplit("/", 1)[1] for u in outcome.vanished) == ["changed.jsonl", "gone.jsonl"]
+    assert [r.source.key for r in outcome.reports] == ["track/keep.jsonl"]
+    with warehouse.connect(wh, read_only=True) as con:
+        ledger = dict(con.execute("SELECT landing_key, status FROM ingested_files").fetchall())
+        errors = con.execute(
+            "SELECT error FROM ingested_files WHERE status = 'vanished'"
+        ).fetchall()
+    assert ledger == {
+        "track/keep.jsonl": "parsed",
+        "track/gone.jsonl": "vanished",
+        "track/changed.jsonl": "vanished",
+    }
+    assert all("deleted or replaced after it was listed" in e[0] for e in errors)
