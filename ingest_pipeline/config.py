@@ -42,15 +42,10 @@ class SegmentConfig(_Strict):
     @field_validator("sql")
     @classmethod
     def _sql(cls, value: str) -> str:
-        # Parsed (not run) now, so a typo or a query that could read another tenant's rows is a
-        # load-time error naming flows[i].segment.sql rather than a failed export at night.
-        from ingest_pipeline.exports.membership import SegmentSqlError, check_segment_sql
-
-        try:
-            check_segment_sql(value)
-        except SegmentSqlError as exc:
-            raise ValueError(str(exc)) from None
-        return value.strip().rstrip(";").strip()
+        text = value.strip().rstrip(";").strip()
+        if not text:
+            raise ValueError("must be a SELECT query")
+        return text
 
 
 def _check_target(value: str) -> str:
@@ -300,6 +295,17 @@ def _message(error: dict[str, Any]) -> str:
     return message.removeprefix("Value error, ")
 
 
+def segment_sql_problem(sql: str) -> str | None:
+    """Why a segment query is refused (see exports.membership.check_segment_sql), or None."""
+    from ingest_pipeline.exports.membership import SegmentSqlError, check_segment_sql
+
+    try:
+        check_segment_sql(sql)
+    except SegmentSqlError as exc:
+        return str(exc)
+    return None
+
+
 def _cross_checks(config: IngestConfig, known_feeds: set[str]) -> list[str]:
     problems = []
     tenants = set(config.tenants) | {"default"}
@@ -310,6 +316,11 @@ def _cross_checks(config: IngestConfig, known_feeds: set[str]) -> list[str]:
             )
     ids: dict[int, int] = {}
     for i, flow in enumerate(config.flows):
+        # Parsed (not run) now, so a typo or a query that could read another tenant's rows is a
+        # load-time error naming flows[i].segment.sql rather than a failed export at night.
+        sql_problem = segment_sql_problem(flow.segment.sql)
+        if sql_problem:
+            problems.append(f"flows[{i}].segment.sql: {sql_problem}")
         if flow.tenant not in tenants:
             problems.append(f"flows[{i}].tenant: unknown tenant {flow.tenant!r}")
         if flow.id in ids:

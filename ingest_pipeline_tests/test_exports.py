@@ -736,3 +736,37 @@ def test_env_is_clean_of_secrets_in_results(
         stored = con.execute("SELECT flow::VARCHAR, target_url FROM flow_exports").fetchall()
     assert sftp_server.password not in repr(stored)
     assert os.environ["TEST_SFTP_PASSWORD"] == sftp_server.password
+
+
+def test_sftp_server_without_posix_rename_gets_remove_then_rename(
+    sftp_server: SFTPServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Files already at their final names (a retry) are replaced even without the extension."""
+    import asyncssh
+
+    renames: list[str] = []
+
+    async def unsupported(self: Any, oldpath: Any, newpath: Any) -> None:
+        renames.append(str(newpath))
+        raise asyncssh.SFTPOpUnsupported("POSIX rename not supported")
+
+    monkeypatch.setattr(asyncssh.SFTPClient, "posix_rename", unsupported)
+    target = make_target("sftp_key", None, tmp_path, monkeypatch, server=sftp_server)
+    flow = flow_config(target.config, format="csv")
+    wh = tmp_path / "warehouse.duckdb"
+    set_contacts(wh, initial_contacts())
+    real_commit = membership.commit_export
+    calls: list[str] = []
+
+    def crashing_commit(con: Any, export: Any) -> bool:
+        if not calls:
+            calls.append(export.export_id)
+            raise RuntimeError("killed before commit")
+        return real_commit(con, export)
+
+    monkeypatch.setattr(membership, "commit_export", crashing_commit)
+    with pytest.raises(RuntimeError):
+        export_flow(flow, warehouse_path=wh, default_target_url="unused", now=NOW1)
+    retry = export_flow(flow, warehouse_path=wh, default_target_url="unused", now=NOW2)
+    assert len(renames) == 4  # two files, twice: each fell back to remove + rename
+    check_export(target, flow, {}, retry, {"add": list(members(initial_contacts()).values())}, NOW1)

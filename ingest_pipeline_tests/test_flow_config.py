@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -164,3 +166,12 @@ def test_every_problem_is_listed_and_duplicate_ids_are_caught() -> None:
     text = _error(data)
     assert "flows[1].tenant: unknown tenant 'globex'" in text
     assert "flows[1].id: 42 is also the id of flows[0]" in text
+
+
+def test_the_readme_flow_example_loads() -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Flow exports") :]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    config = parse_config(yaml.safe_load(example.group(1)))
+    assert [(f.id, f.format) for f in config.flows] == [(42, "csv"), (43, "tsv"), (44, "jsonl")]

@@ -24,6 +24,7 @@ The three phases (export.py runs them; docs/ARCHITECTURE.md "Flow exports: exact
 
 from __future__ import annotations
 
+import atexit
 import json
 import threading
 import uuid
@@ -90,6 +91,7 @@ def _parser() -> duckdb.DuckDBPyConnection:
 
     con = duckdb.connect()
     con.execute(DDL)
+    atexit.register(con.close)  # closed before the interpreter tears DuckDB's bindings down
     return con
 
 

@@ -5,9 +5,9 @@ the order identifier, then data_feed, then the actions as configured — the sam
 
 Declared dialects (README "Flow exports"; the tests read the files back with exactly these):
 
-- csv:   UTF-8, header row, ',' separator, '"' quotes around any value holding ',', '"', a line
-         break (or surrounding spaces), '"' doubled inside quotes, '\\n' line ends; NULL is an
-         empty unquoted field, an empty string is "".
+- csv:   UTF-8, header row, ',' separator, '"' quotes around any value holding ',', '"' or a
+         line break, '"' doubled inside quotes, other values as they are (spaces kept), '\\n' line
+         ends; NULL is an empty unquoted field, an empty string is "".
 - tsv:   the same with a tab separator: a value holding a tab, '"' or a line break is quoted.
 - jsonl: UTF-8, one JSON object per line, keys in column order, NULL as null; custom contexts
          keep their JSON type (numbers stay numbers).
