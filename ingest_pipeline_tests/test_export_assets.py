@@ -56,6 +56,7 @@ def test_export_asset_shape(tmp_path: Path) -> None:
     condition = asset.automation_conditions_by_key[asset.key]
     assert condition is not None and condition.get_label() == "after_warehouse_merge"
     assert asset.group_names_by_key[asset.key] == "exports"
+    assert asset.node_def.retry_policy is not None
 
 
 def test_materialize_reports_files_and_rows_then_no_change(tmp_path: Path) -> None:
@@ -157,3 +158,33 @@ def test_code_location_refuses_an_invalid_flow_naming_its_path(tmp_path: Path) -
     )
     assert result.returncode != 0
     assert "flows[0].format: must be one of csv, tsv, jsonl" in result.stderr
+
+
+def test_a_flow_schedule_also_requests_the_export_on_its_cron(tmp_path: Path) -> None:
+    import datetime as dt
+
+    flow = _flow(tmp_path / "out").model_copy(update={"schedule": "0 * * * *"})
+    asset = build_flow_export_asset(flow)
+    defs = dg.Definitions(
+        assets=[*all_feed_assets, asset],
+        resources={"ingest": IngestResource(s3=S3Resource())},
+    )
+    instance = dg.DagsterInstance.ephemeral()
+    start = dt.datetime(2026, 3, 1, 10, 15, tzinfo=dt.UTC)
+
+    def requested(cursor, minutes: int):
+        result = dg.evaluate_automation_conditions(
+            defs=defs,
+            instance=instance,
+            cursor=cursor,
+            evaluation_time=start + dt.timedelta(minutes=minutes),
+        )
+        return result.get_num_requested(asset.key), result.cursor
+
+    count, cursor = requested(None, 0)
+    assert count == 1
+    instance.report_runless_asset_event(dg.AssetMaterialization(asset.key))
+    count, cursor = requested(cursor, 10)
+    assert count == 0  # 10:25, no new data, no cron tick
+    count, cursor = requested(cursor, 50)
+    assert count == 1  # 11:05: the 11:00 tick passed

@@ -9,6 +9,7 @@
 - `pool="duckdb_warehouse"`: the export writes the warehouse (pending export, then membership),
   so it takes its turn with the merges. Its warehouse connections are short; the file transfer
   in between holds the pool, which keeps "one warehouse writer at a time" simple to reason about.
+- A failed step is retried (3 times, 30 s doubling); each retry finishes the pending export.
 - No flows (or no ingest.yaml): nothing is defined here.
 """
 
@@ -87,6 +88,9 @@ def build_flow_export_asset(flow: FlowConfig) -> dg.AssetsDefinition:
         deps=[dg.AssetKey(f"{feed}_warehouse") for feed in feeds],
         pool=WAREHOUSE_POOL,
         automation_condition=after_warehouse_merge(flow.schedule),
+        # A failed export (target unreachable) stays pending; retrying the step finishes it with
+        # the same files. Without this it would wait for the next merge or cron tick.
+        retry_policy=dg.RetryPolicy(max_retries=3, delay=30, backoff=dg.Backoff.EXPONENTIAL),
         kinds={"duckdb", flow.format},
         tags={"ingest/flow_id": str(flow.id), "ingest/tenant": flow.tenant},
         description=(
