@@ -1,7 +1,7 @@
 """Benchmark: the first export of a flow whose segment has 1,000,000 members, to a folder.
 
-    .venv/bin/python benchmarks/bench_export_1m.py                      # csv, 1,000,000 members
-    .venv/bin/python benchmarks/bench_export_1m.py --formats csv,tsv,jsonl --members 200000
+    .venv/bin/python benchmarks/bench_export_1m.py                    # csv, 1,000,000 members, 3 runs
+    .venv/bin/python benchmarks/bench_export_1m.py --formats csv,tsv,jsonl --members 200000 --repeat 1
 
 Setup (not measured): a fresh DuckDB warehouse with `--members` contacts of one tenant, each with
 a `plan` attribute, built with SQL. The flow's segment selects every contact with its plan as a
@@ -13,10 +13,12 @@ RSS read from `os.wait4` is that export's alone:
   first      the first export: everyone is added (plan, data file, control file, commit)
   no change  the same flow again: the segment is evaluated and compared, no file is written
 
-The child reports the time of each phase (plan = segment + delta + pending record; write = the
-local data file by DuckDB COPY; deliver = copy into the target folder + control file; commit =
-membership applied). The parent checks that the data file's row count (counted by reading the
-file, not from the control file) equals the control file's `rows` and members x 2.
+Each format is measured `--repeat` times, each on a fresh warehouse; medians and the largest
+peak RSS are printed. The child reports the time of each phase (plan = segment + delta + pending
+record; write = the local data file by DuckDB COPY; deliver = copy into the target folder +
+control file; commit = membership applied). The parent checks that the data file's row count
+(counted by reading the file, not from the control file) equals the control file's `rows` and
+members x 2.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +176,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=1_000_000)
     parser.add_argument("--formats", default="csv")
+    parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--format", help=argparse.SUPPRESS)
     parser.add_argument("--warehouse", help=argparse.SUPPRESS)
@@ -183,38 +187,46 @@ def main() -> None:
         return
 
     print(
-        f"members: {args.members:,}; machine: {os.cpu_count()} cores; python {sys.version.split()[0]}"
+        f"members: {args.members:,}; repeats: {args.repeat}; machine: {os.cpu_count()} cores, "
+        f"python {sys.version.split()[0]}"
     )
-    rows = []
     for file_format in args.formats.split(","):
-        with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
-            wh = Path(tmp) / "warehouse.duckdb"
-            target = Path(tmp) / "exports"
-            setup = build_warehouse(wh, args.members)
-            first = run_child(file_format, wh, target)
-            again = run_child(file_format, wh, target)
-            (written,) = first["files"]
-            data = Path(written["data_url"].removeprefix("file://"))
-            control = json.loads(Path(written["control_url"].removeprefix("file://")).read_text())
-            counted = count_rows(data, file_format)
-            expected = 2 * args.members
-            ok = counted == control["files"][0]["rows"] == written["rows"] == expected
-            if not ok:
-                raise SystemExit(
-                    f"row counts differ: file {counted}, control {control['files'][0]['rows']}, "
-                    f"expected {expected}"
-                )
-            assert not again["changed"] and again["segment_members"] == args.members
-            size_mib = data.stat().st_size / 2**20
-            phases = ", ".join(f"{k} {v:.2f}s" for k, v in first["phases"].items())
-            print(
-                f"{file_format}: setup {setup:.1f}s | first export {first['seconds']:.2f}s "
-                f"(peak RSS {first['peak_rss_mib']:.0f} MiB; {phases}) | "
-                f"no-change export {again['seconds']:.2f}s (peak RSS "
-                f"{again['peak_rss_mib']:.0f} MiB) | data file {counted:,} rows, "
-                f"{size_mib:.0f} MiB; control rows {control['files'][0]['rows']:,}: OK"
-            )
-            rows.append((file_format, first, again, counted, size_mib))
+        firsts, agains = [], []
+        for _ in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="bench-export-") as tmp:
+                wh = Path(tmp) / "warehouse.duckdb"
+                target = Path(tmp) / "exports"
+                build_warehouse(wh, args.members)
+                first = run_child(file_format, wh, target)
+                again = run_child(file_format, wh, target)
+                (written,) = first["files"]
+                data = Path(written["data_url"].removeprefix("file://"))
+                control_path = Path(written["control_url"].removeprefix("file://"))
+                control_rows = json.loads(control_path.read_text())["files"][0]["rows"]
+                counted = count_rows(data, file_format)
+                expected = 2 * args.members
+                if not counted == control_rows == written["rows"] == expected:
+                    raise SystemExit(
+                        f"row counts differ: file {counted}, control {control_rows}, "
+                        f"expected {expected}"
+                    )
+                assert not again["changed"] and again["segment_members"] == args.members
+                first["size_mib"] = data.stat().st_size / 2**20
+                firsts.append(first)
+                agains.append(again)
+        med = statistics.median(f["seconds"] for f in firsts)
+        spread = f"{min(f['seconds'] for f in firsts):.2f}-{max(f['seconds'] for f in firsts):.2f}"
+        phases = ", ".join(
+            f"{k} {statistics.median(f['phases'][k] for f in firsts):.2f}s"
+            for k in firsts[0]["phases"]
+        )
+        print(
+            f"{file_format}: first export median {med:.2f}s (range {spread}; {phases}), "
+            f"peak RSS max {max(f['peak_rss_mib'] for f in firsts):.0f} MiB | "
+            f"no-change export median {statistics.median(a['seconds'] for a in agains):.2f}s, "
+            f"peak RSS max {max(a['peak_rss_mib'] for a in agains):.0f} MiB | data file "
+            f"{2 * args.members:,} rows, {firsts[0]['size_mib']:.0f} MiB = control rows: OK"
+        )
 
 
 if __name__ == "__main__":
