@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.feeds import FeedSpec
-from ingest_pipeline.parsing import UnsupportedFile, ident, sql_str, stage_file
+from ingest_pipeline.parsing import UnsupportedFile, extras_sql, ident, sql_str, stage_file
 from ingest_pipeline.validation import typed_sql
 
 MEMORY_LIMIT = "1GB"
@@ -74,7 +74,7 @@ def new_connection(temp_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _bronze_select(feed: FeedSpec, source: SourceFile) -> str:
+def _bronze_select(feed: FeedSpec, source: SourceFile, extras: str) -> str:
     cols = [
         f"{sql_str(source.tenant_id)} AS tenant_id",
         f"{sql_str(source.uri)} AS source_uri",
@@ -89,7 +89,7 @@ def _bronze_select(feed: FeedSpec, source: SourceFile) -> str:
         elif f.kind in ("string", "email"):
             typed = f"nullif(trim({ident(f.name)}), '')"
         cols.append(f"{typed} AS {ident(f.name)}")
-    cols.append(f"{ident(feed.extras_column)}::JSON AS {ident(feed.extras_column)}")
+    cols.append(f"({extras})::JSON AS {ident(feed.extras_column)}")
     return ", ".join(cols)
 
 
@@ -204,12 +204,11 @@ def process_file(
             f"""
             COPY (
                 SELECT * FROM (
-                    SELECT {_bronze_select(feed, source)}
+                    SELECT {_bronze_select(feed, source, extras_sql(feed, staged.shape))}
                     FROM staged
                     WHERE error IS NULL
                       AND line_number NOT IN (SELECT line_number FROM rejects)
                 ) {dedupe}
-                ORDER BY line_number
             ) TO {sql_str(str(bronze_path))} (FORMAT parquet, COMPRESSION zstd)
             """
         ).fetchall()[0][0]

@@ -19,7 +19,7 @@ from ingest_pipeline.bronze import SourceFile, new_connection, process_file
 from ingest_pipeline.config import load_config
 from ingest_pipeline.feeds import FEEDS, FeedSpec
 from ingest_pipeline.landing import is_s3_url, landing_from_url, split_s3_url
-from ingest_pipeline.parsing import UnsupportedFile, ident, stage_file
+from ingest_pipeline.parsing import UnsupportedFile, extras_sql, ident, stage_file
 from ingest_pipeline.samples import write_samples
 from ingest_pipeline.settings import get_settings
 
@@ -144,9 +144,11 @@ def _cmd_preview(args: argparse.Namespace) -> int:
             print(f"cannot read {args.location}: {exc}")
             return 1
         columns = ["line_number", *feed.field_names, feed.extras_column, "error"]
+        extras = f"CASE WHEN error IS NULL THEN {extras_sql(feed, staged.shape)} END"
+        select = [ident(c) for c in columns]
+        select[-2] = f"{extras} AS {ident(feed.extras_column)}"
         rows = con.execute(
-            f"SELECT {', '.join(ident(c) for c in columns)} FROM staged "
-            f"ORDER BY line_number LIMIT {int(args.rows)}"
+            f"SELECT {', '.join(select)} FROM staged ORDER BY line_number LIMIT {int(args.rows)}"
         ).fetchall()
         con.close()
     shape = staged.shape

@@ -47,6 +47,8 @@ class TargetSpec:
     columns: dict[str, str]
     within_file: Literal["first", "last"] = "first"
     attributes_from: str | None = None  # bronze column holding the JSON attributes
+    # A column whose batch min/max bounds the stored rows a merge must read (zone-map pruning).
+    prune_column: str | None = None
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,7 @@ TRACK = FeedSpec(
             key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
             mode="row",
             within_file="first",
+            prune_column="event_timestamp",
             columns={
                 "tenant_id": "tenant_id",
                 "contact_key": "contact_key",

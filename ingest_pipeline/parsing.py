@@ -165,13 +165,20 @@ def _fresh_rejects(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
 
 
+def extras_sql(feed: FeedSpec, shape: FileShape) -> str:
+    """SQL over `staged` giving the JSON of the keys/columns that are not declared fields."""
+    if shape.file_format == "csv":
+        return ident(feed.extras_column)
+    # json_merge_patch with nulls removes the declared keys: what is left are the extras.
+    remove_declared = sql_str("{" + ", ".join(f'"{f}": null' for f in feed.field_names) + "}")
+    return f"json_merge_patch(raw, {remove_declared})"
+
+
 def stage_ndjson(
     con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec
 ) -> None:
     fields = feed.field_names
     paths = "[" + ", ".join(sql_str(_json_path(f)) for f in fields) + "]"
-    # json_merge_patch with nulls removes the declared keys: what is left are the extras.
-    remove_declared = sql_str("{" + ", ".join(f'"{f}": null' for f in fields) + "}")
     field_cols = ",\n".join(
         f"CASE WHEN error IS NULL THEN extracted[{i + 1}] END AS {ident(f)}"
         for i, f in enumerate(fields)
@@ -210,7 +217,8 @@ def stage_ndjson(
                     WHEN contains(raw, chr(0)) THEN
                         'line contains NUL bytes (\\0), which JSON does not allow'
                     WHEN NOT json_valid(raw) THEN {sql_str(INVALID_JSON)}
-                    WHEN json_type(raw) <> 'OBJECT' THEN
+                    -- valid JSON that starts with a brace is an object; json_type only for others
+                    WHEN NOT starts_with(ltrim(raw), '{{') THEN
                         'line is JSON but not an object (it is ' || lower(json_type(raw))
                         || '): each line must be one JSON object'
                 END AS error
@@ -218,8 +226,8 @@ def stage_ndjson(
         )
         SELECT line_number, raw, error,
             {field_cols},
-            CASE WHEN error IS NULL THEN json_merge_patch(raw, {remove_declared}) END
-                AS {ident(feed.extras_column)}
+            -- extras are built only for the rows that reach bronze: see extras_sql()
+            NULL::JSON AS {ident(feed.extras_column)}
         FROM (
             SELECT *, CASE WHEN error IS NULL THEN json_extract_string(raw, {paths}) END AS extracted
             FROM checked
@@ -370,11 +378,14 @@ class StageResult:
 
 
 def _ndjson_file_error(con: duckdb.DuckDBPyConnection) -> str | None:
-    objects, nul_lines, total, first_text = con.execute(
+    objects, total = con.execute(
+        "SELECT count(*) FILTER (WHERE error IS NULL), count(*) FROM staged"
+    ).fetchall()[0]
+    if objects * 2 >= total:
+        return None  # mostly good lines: per-line reasons say it best
+    nul_lines, first_text = con.execute(
         """
-        SELECT count(*) FILTER (WHERE error IS NULL),
-               count(*) FILTER (WHERE regexp_full_match(raw, '\x00+')),
-               count(*),
+        SELECT count(*) FILTER (WHERE regexp_full_match(raw, '\x00+')),
                first(ltrim(raw) ORDER BY line_number) FILTER (WHERE trim(raw) <> '')
         FROM staged
         """
@@ -384,22 +395,16 @@ def _ndjson_file_error(con: duckdb.DuckDBPyConnection) -> str | None:
             "the file contains only NUL bytes (an upload that failed or was pre-allocated): "
             "send the file again"
         )
-    if first_text is not None and first_text.startswith("[") and objects * 2 < total:
+    if first_text is not None and first_text.startswith("["):
         return (
             "the file is one JSON array, not one JSON object per line: "
             "each line must be one JSON object"
         )
-    if objects == 0 and first_text is not None:
-        if first_text.startswith("["):
-            return (
-                "the file is one JSON array, not one JSON object per line: "
-                "each line must be one JSON object"
-            )
-        if first_text.startswith("{") and total > 1:
-            return (
-                "the file is one multi-line (pretty-printed) JSON document: "
-                "each line must be one JSON object"
-            )
+    if objects == 0 and first_text is not None and first_text.startswith("{") and total > 1:
+        return (
+            "the file is one multi-line (pretty-printed) JSON document: "
+            "each line must be one JSON object"
+        )
     return None
 
 
@@ -443,6 +448,19 @@ def salvage_gzip(path: Path, dest: Path) -> tuple[int, str] | None:
     return keep, problem
 
 
+def _gzip_size_matches(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape) -> bool:
+    """Cheap first check: the gzip trailer's size (ISIZE, mod 2**32) equals the bytes of the
+    lines read. Only NDJSON keeps every line's text as it was; any doubt means a full check."""
+    if shape.file_format != "ndjson":
+        return False
+    with open(path, "rb") as raw_file:
+        raw_file.seek(-4, 2)
+        isize = int.from_bytes(raw_file.read(4), "little")
+    total = con.execute("SELECT coalesce(sum(strlen(raw) + 1), 0) FROM staged").fetchall()[0][0]
+    # the last line may lack its newline
+    return isize in (total % 2**32, (total - 1) % 2**32)
+
+
 def _stage(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec) -> None:
     if shape.file_format == "ndjson":
         stage_ndjson(con, path, shape, feed)
@@ -460,12 +478,13 @@ def stage_file(
     try:
         _stage(con, path, shape, feed)
         # DuckDB's gzip reader does not check the CRC: corrupt data can decode into garbage
-        # lines. Rejected lines in a gzip file are worth one integrity check of the stream.
+        # lines. Rejected lines in a gzip file are worth an integrity check of the stream.
         suspicious = (
             shape.compression == "gzip"
             and con.execute("SELECT count(*) > 0 FROM staged WHERE error IS NOT NULL").fetchall()[
                 0
             ][0]
+            and not _gzip_size_matches(con, path, shape)
         )
     except duckdb.Error as exc:
         if shape.compression != "gzip":

@@ -25,6 +25,8 @@ from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, LocalLanding
 from ingest_pipeline.merge import BronzeFile, merge_bronze
 
+MERGE_MEMORY_LIMIT = "1GB"
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -180,7 +182,9 @@ def merge_pending(
             pending = pending[:limit]
         if not pending:
             return outcome
+        # Bounded memory whatever the batch: DuckDB spills to the temp folder beyond the limit.
         con.execute(f"SET temp_directory = '{tmp}'")
+        con.execute(f"SET memory_limit = '{MERGE_MEMORY_LIMIT}'")
         bronze_files = [
             BronzeFile(
                 p.source_uri,

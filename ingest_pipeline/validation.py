@@ -72,7 +72,8 @@ def _quoted(values: pd.Series) -> pd.Series:
 
 def _rules_for(field: FieldSpec) -> list[RowRule]:
     raw, typed = field.name, typed_column(field)
-    present = lambda df: df[raw].notna() & (df[raw].str.strip() != "")  # noqa: E731
+    # Field text arrives trimmed, blank as null (see validate_staged).
+    present = lambda df: df[raw].notna()  # noqa: E731
     rules: list[RowRule] = []
     if field.required:
         rules.append(
@@ -127,8 +128,7 @@ def _rules_for(field: FieldSpec) -> list[RowRule]:
             RowRule(
                 f"{raw}:email",
                 lambda df: (
-                    ~present(df).fillna(False)
-                    | df[raw].str.strip().str.match(EMAIL_PATTERN).fillna(False)
+                    ~present(df).fillna(False) | df[raw].str.match(EMAIL_PATTERN).fillna(False)
                 ),
                 lambda df: f"field '{raw}' is not an email address, got " + _quoted(df[raw]),
             )
@@ -192,7 +192,7 @@ def validate_staged(con: duckdb.DuckDBPyConnection, feed: FeedSpec) -> pa_arrow.
     rules = {rule.name: rule for rule in row_rules(feed)}
     select = ["line_number"]
     for field in feed.fields:
-        select.append(ident(field.name))
+        select.append(f"nullif(trim({ident(field.name)}), '') AS {ident(field.name)}")
         if field.kind in TYPE_NAMES:
             select.append(f"{typed_sql(field)} AS {ident(typed_column(field))}")
     reader = con.sql(f"SELECT {', '.join(select)} FROM staged WHERE error IS NULL").to_arrow_reader(
@@ -200,7 +200,8 @@ def validate_staged(con: duckdb.DuckDBPyConnection, feed: FeedSpec) -> pa_arrow.
     )
     failures: list[pd.DataFrame] = []
     for batch in reader:
-        chunk = batch.to_pandas(types_mapper={pa_arrow.string(): pd.StringDtype()}.get)
+        # Arrow-backed columns: no copy into Python strings, vectorised string checks.
+        chunk = batch.to_pandas(types_mapper=pd.ArrowDtype)
         if len(chunk):
             failures.append(_failing_rows(schema, rules, chunk))
     if not failures:

@@ -26,8 +26,8 @@ CREATE TABLE IF NOT EXISTS events (
     properties JSON,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (tenant_id, contact_key, event_text, event_timestamp)
+    landed_at TIMESTAMPTZ NOT NULL
+    -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS account_events (
     tenant_id VARCHAR NOT NULL,
@@ -37,8 +37,8 @@ CREATE TABLE IF NOT EXISTS account_events (
     properties JSON,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (tenant_id, account_key, event_text, event_timestamp)
+    landed_at TIMESTAMPTZ NOT NULL
+    -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS contacts (
     tenant_id VARCHAR NOT NULL,
@@ -79,8 +79,8 @@ CREATE TABLE IF NOT EXISTS contact_accounts (
     updated_at TIMESTAMPTZ,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (tenant_id, contact_key)
+    landed_at TIMESTAMPTZ NOT NULL
+    -- unique on (tenant_id, contact_key) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS aliases (
     tenant_id VARCHAR NOT NULL,
@@ -88,8 +88,8 @@ CREATE TABLE IF NOT EXISTS aliases (
     contact_key VARCHAR NOT NULL,
     source_uri VARCHAR,
     line_number BIGINT,
-    landed_at TIMESTAMPTZ,
-    PRIMARY KEY (tenant_id, alias_key)
+    landed_at TIMESTAMPTZ
+    -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS crm_leads (
     tenant_id VARCHAR NOT NULL,
@@ -106,8 +106,8 @@ CREATE TABLE IF NOT EXISTS crm_leads (
     attributes JSON,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL,
-    PRIMARY KEY (tenant_id, email)
+    landed_at TIMESTAMPTZ NOT NULL
+    -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS ingested_files (
     source_uri VARCHAR NOT NULL,
