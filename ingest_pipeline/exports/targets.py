@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 from urllib.parse import urlparse
 
 import boto3
@@ -77,10 +77,15 @@ class _Closing:
     def close(self) -> None:
         pass
 
-    def __enter__(self):  # noqa: ANN204 - returns the concrete target
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
 
