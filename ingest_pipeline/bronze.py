@@ -1,6 +1,6 @@
 """One landed file -> typed bronze rows (Parquet) + rejected rows, with its counts.
 
-Parsing, typing, validation and the within-file dedupe all run in a private in-memory DuckDB
+Parsing, typing and validation all run in a private in-memory DuckDB
 (spilling to a temp folder), so a file of any size uses bounded memory and never touches the
 warehouse; the warehouse sees the result later, in one merge transaction.
 """
@@ -50,7 +50,7 @@ class FileReport:
     status: str  # parsed | failed
     rows_read: int = 0
     rows_valid: int = 0
-    rows_duplicate: int = 0
+    rows_duplicate: int = 0  # only for refused files; otherwise the merge counts duplicates
     rows_rejected: int = 0
     error: str | None = None
     bronze_path: Path | None = None
@@ -120,7 +120,7 @@ def process_file(
     workdir: Path,
     policy: FeedPolicy | None = None,
 ) -> FileReport:
-    """Parse, type, validate and dedupe one local copy of a landed file.
+    """Parse, type and validate one local copy of a landed file.
 
     Writes `<workdir>/<file_id>.parquet` with the rows to merge and returns the counts and the
     rejected rows. Whole-file problems give status `failed` (or `skipped` by the error policy)
@@ -193,26 +193,20 @@ def process_file(
             report.rows_rejected = report.rejects.num_rows
             return report
 
-        dedupe = ""
-        if feed.dedupe_key:
-            # Within one file the first occurrence of a key wins.
-            key = ", ".join(ident(k) for k in feed.dedupe_key)
-            dedupe = f"QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY line_number) = 1"
+        # Duplicates are left to the merge: its ranking keeps the first line of a key within a
+        # file and the newest file across files, and counts each file's rows_duplicate.
         bronze_path = workdir / f"{source.file_id}.parquet"
         # COPY answers with the number of rows it wrote.
         report.rows_valid = con.execute(
             f"""
             COPY (
-                SELECT * FROM (
-                    SELECT {_bronze_select(feed, source, extras_sql(feed, staged.shape))}
-                    FROM staged
-                    WHERE error IS NULL
-                      AND line_number NOT IN (SELECT line_number FROM rejects)
-                ) {dedupe}
-            ) TO {sql_str(str(bronze_path))} (FORMAT parquet, COMPRESSION zstd)
+                SELECT {_bronze_select(feed, source, extras_sql(feed, staged.shape))}
+                FROM staged
+                WHERE error IS NULL
+                  AND line_number NOT IN (SELECT line_number FROM rejects)
+            ) TO {sql_str(str(bronze_path))} (FORMAT parquet, COMPRESSION snappy)
             """
         ).fetchall()[0][0]
-        report.rows_duplicate = report.rows_read - report.rows_rejected - report.rows_valid
         report.bronze_path = bronze_path
         return report
     finally:

@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
+import duckdb
+
 from ingest_pipeline import pipeline
 from ingest_pipeline.bronze import SourceFile, new_connection, process_file
 from ingest_pipeline.config import load_config
@@ -114,16 +116,23 @@ def _local_copy(location: str) -> Iterator[tuple[Path, SourceFile]]:
 def _cmd_validate(args: argparse.Namespace) -> int:
     feed = _feed_for(args.location, args.feed)
     policy = load_config(get_settings().config_path).policy(feed.name)
+    duplicates = 0
     with _local_copy(args.location) as (path, source), tempfile.TemporaryDirectory() as work:
         report = process_file(path, source, feed, Path(work), policy=policy)
+        if report.bronze_path is not None and feed.dedupe_key:
+            key = ", ".join(ident(k) for k in feed.dedupe_key)
+            duplicates = duckdb.sql(
+                f"SELECT count(*) - count(DISTINCT ({key})) "
+                f"FROM read_parquet('{report.bronze_path}')"
+            ).fetchall()[0][0]
     print(f"file:        {args.location}")
     print(f"feed:        {feed.name} (on_error: {policy.on_error})")
     print(f"status:      {'would be ingested' if report.status == 'parsed' else report.status}")
     if report.error:
         print(f"error:       {report.error}")
     print(f"rows read:   {report.rows_read}")
-    print(f"would load:  {report.rows_valid}")
-    print(f"duplicates:  {report.rows_duplicate} (inside the file)")
+    print(f"would load:  {report.rows_valid - duplicates}")
+    print(f"duplicates:  {duplicates} (inside the file)")
     print(f"rejected:    {report.rows_rejected}")
     shown = report.rejects.slice(0, args.show).to_pylist()
     if shown:

@@ -197,7 +197,8 @@ def merge_bronze(
         return {}
     paths = "[" + ", ".join(sql_str(str(f.parquet_path)) for f in files) + "]"
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE batch AS SELECT * FROM read_parquet({paths}, union_by_name = true)"
+        # A view, not a copy: each target reads only the Parquet columns it needs.
+        f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM read_parquet({paths}, union_by_name = true)"
     )
     loaded_by_file: dict[tuple[str, str], int] = {}
     for i, target in enumerate(feed.targets):
@@ -207,5 +208,5 @@ def merge_bronze(
                 loaded_by_file = loaded
         else:
             _merge_attributes(con, target)
-    con.execute("DROP TABLE IF EXISTS batch; DROP TABLE IF EXISTS batch_values")
+    con.execute("DROP VIEW IF EXISTS batch; DROP TABLE IF EXISTS batch_values")
     return loaded_by_file

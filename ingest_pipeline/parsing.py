@@ -131,13 +131,19 @@ def _reader_rejects(con: duckdb.DuckDBPyConnection, what: str, header_fields: in
     )
 
 
-def _numbered(good_rows: str, first_line: int) -> str:
+def _numbered(con: duckdb.DuckDBPyConnection, good_rows: str, first_line: int) -> str:
     """SQL numbering the reader's good records by their record number in the file.
 
     The reader gives line numbers for the records it rejects (`read_rejects`) but not for the
     good ones, which arrive in file order: good record k is the k-th record number from
     `first_line` on that is not a rejected one.
     """
+    if not con.execute("SELECT count(*) FROM read_rejects").fetchall()[0][0]:
+        # Nothing rejected by the reader: record k is simply number k (from first_line).
+        return f"""
+        numbered AS (
+            SELECT row_number() OVER () + {first_line - 1} AS line_number, * FROM {good_rows}
+        )"""
     return f"""
         good AS (SELECT row_number() OVER () AS good_ordinal, * FROM {good_rows}),
         gaps AS (
@@ -202,7 +208,7 @@ def stage_ndjson(
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE staged AS
-        WITH {_numbered("ndjson_lines", first_line=1)},
+        WITH {_numbered(con, "ndjson_lines", first_line=1)},
         lines AS (
             SELECT line_number,
                    -- a UTF-8 byte order mark is not part of the first record
@@ -354,7 +360,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE staged AS
-        WITH {_numbered("csv_rows", first_line=2)}
+        WITH {_numbered(con, "csv_rows", first_line=2)}
         SELECT line_number, {_csv_record_text(header)} AS raw, NULL::VARCHAR AS error,
                {field_cols}, {extras_sql}::JSON AS {ident(feed.extras_column)}
         FROM numbered

@@ -94,7 +94,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         kinds={"duckdb", "parquet"},
         description=(
             f"{feed.description} Files under `{feed.landing_prefix}` parsed, validated and "
-            "deduped into bronze Parquet; bad rows quarantined in `rejected_rows`."
+            "typed into bronze Parquet; bad rows quarantined in `rejected_rows`."
         ),
     )
     def bronze(
@@ -140,9 +140,6 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
                 "files_vanished": dg.MetadataValue.int(len(outcome.vanished)),
                 "rows_read": dg.MetadataValue.int(sum(r.rows_read for r in reports)),
                 "rows_valid": dg.MetadataValue.int(sum(r.rows_valid for r in reports)),
-                "rows_duplicate_in_file": dg.MetadataValue.int(
-                    sum(r.rows_duplicate for r in reports)
-                ),
                 "rows_rejected": dg.MetadataValue.int(sum(r.rows_rejected for r in reports)),
                 "failed_files": dg.MetadataValue.md(_failed_files_markdown(outcome)),
                 "rejected_sample": dg.MetadataValue.md(sample),
