@@ -75,6 +75,12 @@ class FeedSpec:
         return [(f.name, SQL_TYPES[f.kind]) for f in self.fields] + [(self.extras_column, "JSON")]
 
 
+def same_named(*columns: str) -> dict[str, str]:
+    """Warehouse columns taken as they are from the bronze row, with its provenance
+    (tenant, source file, line, landing time) that every row table keeps."""
+    return {c: c for c in ("tenant_id", *columns, "source_uri", "line_number", "landed_at")}
+
+
 TRACK = FeedSpec(
     name="track",
     landing_prefix="track/",
@@ -93,16 +99,7 @@ TRACK = FeedSpec(
             mode="row",
             within_file="first",
             prune_column="event_timestamp",
-            columns={
-                "tenant_id": "tenant_id",
-                "contact_key": "contact_key",
-                "event_text": "event_text",
-                "event_timestamp": "event_timestamp",
-                "properties": "properties",
-                "source_uri": "source_uri",
-                "line_number": "line_number",
-                "landed_at": "landed_at",
-            },
+            columns=same_named("contact_key", "event_text", "event_timestamp", "properties"),
         ),
     ),
 )
@@ -137,14 +134,7 @@ GROUP = FeedSpec(
             key=("tenant_id", "contact_key"),
             mode="row",
             within_file="last",
-            columns={
-                "tenant_id": "tenant_id",
-                "contact_key": "contact_key",
-                "account_key": "account_key",
-                "source_uri": "source_uri",
-                "line_number": "line_number",
-                "landed_at": "landed_at",
-            },
+            columns=same_named("contact_key", "account_key"),
         ),
         TargetSpec(
             table="accounts",
@@ -156,22 +146,24 @@ GROUP = FeedSpec(
     ),
 )
 
+_CRM_FIELDS = (
+    FieldSpec("email", "email"),
+    FieldSpec("account"),
+    FieldSpec("created_at", "timestamp"),
+    FieldSpec("is_worked", "boolean"),
+    FieldSpec("is_converted", "boolean"),
+    FieldSpec("amount", "number"),
+    FieldSpec("is_unqualified", "boolean", required=False),
+    FieldSpec("worked_date", "timestamp", required=False),
+    FieldSpec("converted_date", "timestamp", required=False),
+    FieldSpec("deal_amount", "number", required=False),
+)
+
 CRM = FeedSpec(
     name="crm",
     landing_prefix="crm/",
     description="CRM leads for customer-fit training.",
-    fields=(
-        FieldSpec("email", "email"),
-        FieldSpec("account"),
-        FieldSpec("created_at", "timestamp"),
-        FieldSpec("is_worked", "boolean"),
-        FieldSpec("is_converted", "boolean"),
-        FieldSpec("amount", "number"),
-        FieldSpec("is_unqualified", "boolean", required=False),
-        FieldSpec("worked_date", "timestamp", required=False),
-        FieldSpec("converted_date", "timestamp", required=False),
-        FieldSpec("deal_amount", "number", required=False),
-    ),
+    fields=_CRM_FIELDS,
     extras_column="attributes",
     dedupe_key=("email",),
     targets=(
@@ -180,23 +172,7 @@ CRM = FeedSpec(
             key=("tenant_id", "email"),
             mode="row",
             within_file="first",
-            columns={
-                "tenant_id": "tenant_id",
-                "email": "email",
-                "account": "account",
-                "created_at": "created_at",
-                "is_worked": "is_worked",
-                "is_converted": "is_converted",
-                "amount": "amount",
-                "is_unqualified": "is_unqualified",
-                "worked_date": "worked_date",
-                "converted_date": "converted_date",
-                "deal_amount": "deal_amount",
-                "attributes": "attributes",
-                "source_uri": "source_uri",
-                "line_number": "line_number",
-                "landed_at": "landed_at",
-            },
+            columns=same_named(*(f.name for f in _CRM_FIELDS), "attributes"),
         ),
     ),
 )
