@@ -32,9 +32,10 @@ NDJSON_EXTENSIONS = (".json", ".jsonl", ".ndjson")
 CSV_EXTENSIONS = (".csv",)
 COMPRESSION_EXTENSIONS = (".gz", ".gzip")
 
-# One NDJSON line is read as one VARCHAR column: a delimiter that cannot occur in valid JSON text
-# (raw control characters must be escaped inside JSON strings) and no quoting.
-LINE_DELIMITER = "\x1f"
+# One NDJSON line is read as one VARCHAR column: a 4-byte delimiter that valid JSON cannot hold
+# (raw control characters must be escaped inside JSON strings) and no quoting. Non-strict mode,
+# because DuckDB's strict mode refuses files that mix CRLF and LF line ends.
+LINE_DELIMITER = "\x1f\x1e\x1d\x1c"
 # A single record longer than this is reported as an error instead of exhausting memory.
 MAX_LINE_BYTES = 8 * 1024 * 1024  # DuckDB buffers 16x this for gzip input
 # The quarantine keeps at most this much of one record's raw text.
@@ -110,7 +111,7 @@ def _reader_rejects(con: duckdb.DuckDBPyConnection, what: str, header_fields: in
                         WHEN 'TOO MANY COLUMNS' THEN {
             "'has more fields than the header (' || found_max || '" + expected + ")'"
             if header_fields is not None
-            else "'contains the control character 0x1F, which JSON does not allow unescaped'"
+            else "'contains the byte sequence 1F 1E 1D 1C, which JSON does not allow unescaped'"
         }
                         WHEN 'MISSING COLUMNS' THEN 'has fewer fields than the header ('
                             || found_min || '{expected}): a field is missing, or a line break '
@@ -198,7 +199,7 @@ def stage_ndjson(
         SELECT line AS raw
         FROM read_csv({sql_str(str(path))}, columns = {{'line': 'VARCHAR'}},
                       delim = {sql_str(LINE_DELIMITER)}, quote = '', escape = '',
-                      header = false, auto_detect = false, strict_mode = true,
+                      header = false, auto_detect = false, strict_mode = false,
                       store_rejects = true,
                       compression = {sql_str("gzip" if shape.compression == "gzip" else "none")},
                       max_line_size = {MAX_LINE_BYTES})
@@ -467,11 +468,35 @@ def _gzip_size_matches(con: duckdb.DuckDBPyConnection, path: Path, shape: FileSh
     return isize in (total % 2**32, (total - 1) % 2**32)
 
 
+def normalize_line_ends(path: Path, shape: FileShape, dest: Path) -> None:
+    """Copy the file to `dest` uncompressed with CRLF line ends turned into LF, streaming."""
+    opener = gzip.open if shape.compression == "gzip" else open
+    with opener(path, "rb") as src, open(dest, "wb") as out:
+        carry = b""
+        while chunk := src.read(1 << 20):
+            chunk = carry + chunk
+            # a CR at the end of a chunk may be the first half of a CRLF
+            carry, chunk = (b"\r", chunk[:-1]) if chunk.endswith(b"\r") else (b"", chunk)
+            out.write(chunk.replace(b"\r\n", b"\n"))
+        out.write(carry)
+
+
 def _stage(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec) -> None:
     if shape.file_format == "ndjson":
         stage_ndjson(con, path, shape, feed)
-    else:
+        return
+    try:
         stage_csv(con, path, shape, feed)
+    except duckdb.InvalidInputException as exc:
+        # DuckDB's strict CSV mode refuses a file that mixes CRLF and LF line ends.
+        if "state machine reached an invalid state" not in str(exc):
+            raise
+        plain = path.with_name(path.name + ".lf")
+        try:
+            normalize_line_ends(path, shape, plain)
+            stage_csv(con, plain, FileShape(shape.file_format, "none"), feed)
+        finally:
+            plain.unlink(missing_ok=True)
 
 
 def stage_file(

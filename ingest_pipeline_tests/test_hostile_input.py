@@ -414,3 +414,27 @@ def test_object_deleted_or_replaced_after_listing(s3_bucket, tmp_path: Path) -> 
         "track/changed.jsonl": "vanished",
     }
     assert all("deleted or replaced after it was listed" in e[0] for e in errors)
+
+
+def test_mixed_crlf_and_lf_line_ends_are_read_record_by_record(tmp_path: Path) -> None:
+    """DuckDB's strict CSV mode refuses a file mixing CRLF and LF: both formats still load."""
+    ndjson = (
+        line(1).replace(b"\n", b"\r\n")
+        + line(2)
+        + line(3).replace(b"\n", b"\r\n")
+        + b"\n"
+        + line(5)
+    )
+    report = run(tmp_path, "mixed.jsonl", ndjson)
+    assert (report.rows_read, report.rows_valid) == (5, 4)
+    assert reasons(report) == {4: "empty line: each line must be one JSON object"}
+    csv_body = (
+        HEADER.replace(b"\n", b"\r\n") + b"a,1767225601,c1\nb,1767225602,c2\r\nc,1767225603,c3\n"
+    )
+    report = run(tmp_path, "mixed.csv.gz", gzip.compress(csv_body))
+    assert (report.status, report.rows_read, report.rows_valid, report.rows_rejected) == (
+        "parsed",
+        3,
+        3,
+        0,
+    )
