@@ -14,17 +14,26 @@ and can be accounted for: rows_read = count(*) of `staged`.
 from __future__ import annotations
 
 import csv
-import gzip
 import io
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
 
 from ingest_pipeline.feeds import FeedSpec
+from ingest_pipeline.reading import (
+    LINE_SCHEMA,
+    FileBytes,
+    UnsupportedFile,
+    cut_after_last_line,
+    ndjson_lines,
+    write_plain,
+)
+
+__all__ = ["UnsupportedFile", "StageResult", "stage_file", "detect_shape", "extras_sql"]
 
 FileFormat = Literal["ndjson", "csv"]
 
@@ -32,21 +41,15 @@ NDJSON_EXTENSIONS = (".json", ".jsonl", ".ndjson")
 CSV_EXTENSIONS = (".csv",)
 COMPRESSION_EXTENSIONS = (".gz", ".gzip")
 
-# One NDJSON line is read as one VARCHAR column: a 4-byte delimiter that valid JSON cannot hold
-# (raw control characters must be escaped inside JSON strings) and no quoting. Non-strict mode,
-# because DuckDB's strict mode refuses files that mix CRLF and LF line ends.
-LINE_DELIMITER = "\x1f\x1e\x1d\x1c"
+# A delimiter no CSV header holds: a one-column read of a CSV file sees whole records.
+WHOLE_RECORD_DELIMITER = "\x1f\x1e\x1d\x1c"
 # A single record longer than this is reported as an error instead of exhausting memory.
-MAX_LINE_BYTES = 8 * 1024 * 1024  # DuckDB buffers 16x this for gzip input
+MAX_LINE_BYTES = 8 * 1024 * 1024
 # The quarantine keeps at most this much of one record's raw text.
 RAW_TEXT_LIMIT = 65_536
 INVALID_JSON = "invalid JSON: the line is not a valid JSON document"
 # Invalid JSON lines whose error position is worked out (the rest keep the general reason).
 DESCRIBE_JSON_ERRORS = 10_000
-
-
-class UnsupportedFile(Exception):
-    """The whole file cannot be ingested; the message says what to do about it."""
 
 
 @dataclass(frozen=True)
@@ -86,13 +89,15 @@ def _json_path(name: str) -> str:
     return '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _reader_rejects(con: duckdb.DuckDBPyConnection, what: str, header_fields: int | None) -> None:
-    """Temp table `read_rejects(line_number, raw, error)`: the records DuckDB's reader refused.
+def _reader_rejects(con: duckdb.DuckDBPyConnection, header_fields: int) -> None:
+    """Temp table `read_rejects(line_number, raw, error)`: the CSV records DuckDB's reader refused.
 
     One row per record, with a reason a person can act on (several errors of one record are
-    joined). The raw text of an over-long record is cut to RAW_TEXT_LIMIT characters.
+    joined). The raw text of an over-long record is cut to RAW_TEXT_LIMIT characters. DuckDB
+    hands back a record with the line ends before it (the LF of a CRLF, blank lines): they are
+    not part of the record.
     """
-    expected = f" instead of {header_fields}" if header_fields is not None else ""
+    expected = f" instead of {header_fields}"
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE read_rejects AS
@@ -105,14 +110,13 @@ def _reader_rejects(con: duckdb.DuckDBPyConnection, what: str, header_fields: in
             FROM reject_errors
             GROUP BY line, error_type
         )
-        SELECT line_number, left(first(raw ORDER BY first_column), {RAW_TEXT_LIMIT}) AS raw,
-               {sql_str(what)} || ' ' || string_agg(
+        SELECT line_number,
+               left(ltrim(first(raw ORDER BY first_column), chr(13) || chr(10)), {RAW_TEXT_LIMIT})
+                   AS raw,
+               'CSV record ' || string_agg(
                     CASE error_type
-                        WHEN 'TOO MANY COLUMNS' THEN {
-            "'has more fields than the header (' || found_max || '" + expected + ")'"
-            if header_fields is not None
-            else "'contains the byte sequence 1F 1E 1D 1C, which JSON does not allow unescaped'"
-        }
+                        WHEN 'TOO MANY COLUMNS' THEN 'has more fields than the header ('
+                            || found_max || '{expected})'
                         WHEN 'MISSING COLUMNS' THEN 'has fewer fields than the header ('
                             || found_min || '{expected}): a field is missing, or a line break '
                             || 'outside quotes splits the record'
@@ -133,14 +137,14 @@ def _reader_rejects(con: duckdb.DuckDBPyConnection, what: str, header_fields: in
 
 
 def _numbered(con: duckdb.DuckDBPyConnection, good_rows: str, first_line: int) -> str:
-    """SQL numbering the reader's good records by their record number in the file.
+    """SQL numbering the reader's good CSV records by their line number in the file.
 
-    The reader gives line numbers for the records it rejects (`read_rejects`) but not for the
-    good ones, which arrive in file order: good record k is the k-th record number from
-    `first_line` on that is not a rejected one.
+    DuckDB gives line numbers for the records it rejects but not for the good ones, which arrive
+    in file order. Temp table `not_records(line_number)` holds every number from `first_line` on
+    that is not a good record (rejects, blank lines): good record k is the k-th other number.
     """
-    if not con.execute("SELECT count(*) FROM read_rejects").fetchall()[0][0]:
-        # Nothing rejected by the reader: record k is simply number k (from first_line).
+    if not con.execute("SELECT count(*) FROM not_records").fetchall()[0][0]:
+        # Every line is a good record: record k is simply number k (from first_line).
         return f"""
         numbered AS (
             SELECT row_number() OVER () + {first_line - 1} AS line_number, * FROM {good_rows}
@@ -148,20 +152,20 @@ def _numbered(con: duckdb.DuckDBPyConnection, good_rows: str, first_line: int) -
     return f"""
         good AS (SELECT row_number() OVER () AS good_ordinal, * FROM {good_rows}),
         gaps AS (
-            -- good records before rejected record j: line_j - first_line - (j - 1); consecutive
-            -- rejected records share it: keep the last one's count (ASOF needs unique keys)
-            SELECT good_before, max(rejects_so_far) AS rejects_so_far
+            -- good records before skipped number j: line_j - first_line - (j - 1); consecutive
+            -- skipped numbers share it: keep the last one's count (ASOF needs unique keys)
+            SELECT good_before, max(skipped_so_far) AS skipped_so_far
             FROM (
                 SELECT line_number - {first_line} + 1 - row_number() OVER (ORDER BY line_number)
                            AS good_before,
-                       row_number() OVER (ORDER BY line_number) AS rejects_so_far
-                FROM read_rejects
+                       row_number() OVER (ORDER BY line_number) AS skipped_so_far
+                FROM not_records
             )
             GROUP BY good_before
         ),
         numbered AS (
             SELECT good.*,
-                   good_ordinal + {first_line - 1} + coalesce(gaps.rejects_so_far, 0) AS line_number
+                   good_ordinal + {first_line - 1} + coalesce(gaps.skipped_so_far, 0) AS line_number
             FROM good ASOF LEFT JOIN gaps ON good.good_ordinal > gaps.good_before
         )"""
 
@@ -181,71 +185,75 @@ def extras_sql(feed: FeedSpec, shape: FileShape) -> str:
     return f"json_merge_patch(raw, {remove_declared})"
 
 
-def stage_ndjson(
-    con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec
-) -> None:
+def stage_ndjson(con: duckdb.DuckDBPyConnection, content: FileBytes, feed: FeedSpec) -> None:
+    """Temp table `staged` from an NDJSON file: one row per line, checked and its fields taken."""
     fields = feed.field_names
     paths = "[" + ", ".join(sql_str(_json_path(f)) for f in fields) + "]"
     field_cols = ",\n".join(
         f"CASE WHEN error IS NULL THEN extracted[{i + 1}] END AS {ident(f)}"
         for i, f in enumerate(fields)
     )
-    _fresh_rejects(con)
-    # One line = one VARCHAR: a delimiter that cannot occur in valid JSON text and no quoting.
-    # store_rejects keeps lines the reader refuses (bad UTF-8, over-long) as rejects, not errors.
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE ndjson_lines AS
-        SELECT line AS raw
-        FROM read_csv({sql_str(str(path))}, columns = {{'line': 'VARCHAR'}},
-                      delim = {sql_str(LINE_DELIMITER)}, quote = '', escape = '',
-                      header = false, auto_detect = false, strict_mode = false,
-                      store_rejects = true,
-                      compression = {sql_str("gzip" if shape.compression == "gzip" else "none")},
-                      max_line_size = {MAX_LINE_BYTES})
-        """
+    line_batches = pa.RecordBatchReader.from_batches(
+        LINE_SCHEMA,
+        ndjson_lines(content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT),
     )
-    _reader_rejects(con, "line", None)
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE staged AS
-        WITH {_numbered(con, "ndjson_lines", first_line=1)},
-        lines AS (
-            SELECT line_number,
-                   -- a UTF-8 byte order mark is not part of the first record
-                   coalesce(CASE WHEN line_number = 1 THEN ltrim(raw, chr(65279)) ELSE raw END, '')
-                       AS raw
-            FROM numbered
-        ),
-        checked AS (
-            SELECT line_number, raw,
-                CASE
-                    WHEN trim(raw) = '' THEN 'empty line: each line must be one JSON object'
-                    WHEN contains(raw, chr(0)) THEN
-                        'line contains NUL bytes (\\0), which JSON does not allow'
-                    WHEN NOT json_valid(raw) THEN {sql_str(INVALID_JSON)}
-                    -- valid JSON that starts with a brace is an object; json_type only for others
-                    WHEN NOT starts_with(ltrim(raw), '{{') THEN
-                        'line is JSON but not an object (it is ' || lower(json_type(raw))
-                        || '): each line must be one JSON object'
-                END AS error
-            FROM lines
+    con.register("line_batches", line_batches)
+    try:
+        con.execute(
+            f"""
+            CREATE OR REPLACE TEMP TABLE staged AS
+            WITH decoded AS (
+                SELECT line_number, overlong_bytes, raw AS bytes, try(decode(raw)) AS text
+                FROM line_batches
+            ),
+            lines AS (
+                SELECT line_number, overlong_bytes, text IS NULL AS not_utf8,
+                    -- the line end (LF or CRLF) is not part of the record, nor a UTF-8 byte
+                    -- order mark of the first line; bytes that are not UTF-8 are shown as \\xNN
+                    CASE
+                        WHEN text IS NULL THEN rtrim(bytes::VARCHAR, '\\x0A')
+                        WHEN suffix(text, chr(13) || chr(10)) THEN left(text, -2)
+                        WHEN suffix(text, chr(10)) THEN left(text, -1)
+                        ELSE text
+                    END AS line_text,
+                    CASE WHEN line_number = 1 THEN ltrim(line_text, chr(65279)) ELSE line_text END
+                        AS raw
+                FROM decoded
+            ),
+            checked AS (
+                SELECT line_number, raw,
+                    CASE
+                        WHEN overlong_bytes IS NOT NULL THEN
+                            'line is longer than the parser''s limit of {MAX_LINE_BYTES} bytes ('
+                            || overlong_bytes || ' bytes): split the record or send it through '
+                            || 'the API in smaller records'
+                        WHEN not_utf8 THEN 'line is not valid UTF-8 (the bytes that are not '
+                            || 'UTF-8 are shown as \\xNN): re-export the file as UTF-8'
+                        WHEN trim(raw) = '' THEN 'empty line: each line must be one JSON object'
+                        WHEN contains(raw, chr(0)) THEN
+                            'line contains NUL bytes (\\0), which JSON does not allow'
+                        WHEN NOT json_valid(raw) THEN {sql_str(INVALID_JSON)}
+                        -- valid JSON starting with a brace is an object; json_type for others
+                        WHEN NOT starts_with(ltrim(raw), '{{') THEN
+                            'line is JSON but not an object (it is ' || lower(json_type(raw))
+                            || '): each line must be one JSON object'
+                    END AS error
+                FROM lines
+            )
+            SELECT line_number, raw, error,
+                {field_cols},
+                -- extras are built only for the rows that reach bronze: see extras_sql()
+                NULL::JSON AS {ident(feed.extras_column)}
+            FROM (
+                SELECT *,
+                       CASE WHEN error IS NULL THEN json_extract_string(raw, {paths}) END
+                           AS extracted
+                FROM checked
+            )
+            """
         )
-        SELECT line_number, raw, error,
-            {field_cols},
-            -- extras are built only for the rows that reach bronze: see extras_sql()
-            NULL::JSON AS {ident(feed.extras_column)}
-        FROM (
-            SELECT *, CASE WHEN error IS NULL THEN json_extract_string(raw, {paths}) END AS extracted
-            FROM checked
-        )
-        UNION ALL
-        SELECT line_number, raw, error, {", ".join(f"NULL::VARCHAR AS {ident(f)}" for f in fields)},
-               NULL::JSON AS {ident(feed.extras_column)}
-        FROM read_rejects
-        """
-    )
-    con.execute("DROP TABLE ndjson_lines")
+    finally:
+        con.unregister("line_batches")
     _describe_invalid_json(con)
 
 
@@ -279,10 +287,9 @@ def _describe_invalid_json(con: duckdb.DuckDBPyConnection) -> None:
     )
 
 
-def read_csv_header(path: Path, shape: FileShape) -> list[str]:
-    """The header record's column names (the BOM stripped)."""
-    opener = gzip.open if shape.compression == "gzip" else open
-    with opener(path, "rb") as raw_file:
+def read_csv_header(path: Path) -> list[str]:
+    """The header record's column names (the BOM stripped) of an uncompressed CSV file."""
+    with open(path, "rb") as raw_file:
         first = raw_file.readline(MAX_LINE_BYTES)
     text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
     if not text.strip():
@@ -290,23 +297,20 @@ def read_csv_header(path: Path, shape: FileShape) -> list[str]:
     return next(csv.reader(io.StringIO(text)))
 
 
-def _csv_scan(path: Path, shape: FileShape, header: list[str], escape: str) -> str:
+def _csv_scan(path: Path, header: list[str], escape: str) -> str:
     columns = "{" + ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in header) + "}"
     return (
         f"read_csv({sql_str(str(path))}, columns = {columns}, header = true, delim = ',', "
         f"quote = '\"', escape = {sql_str(escape)}, auto_detect = false, strict_mode = true, "
-        f"store_rejects = true, max_line_size = {MAX_LINE_BYTES}, "
-        f"compression = {sql_str('gzip' if shape.compression == 'gzip' else 'none')})"
+        f"store_rejects = true, max_line_size = {MAX_LINE_BYTES}, compression = 'none')"
     )
 
 
-def _scan_csv(
-    con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, header: list[str], escape: str
-) -> int:
+def _scan_csv(con: duckdb.DuckDBPyConnection, path: Path, header: list[str], escape: str) -> int:
     """Read the records into temp table `csv_rows`; returns how many records DuckDB rejected."""
     _fresh_rejects(con)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, shape, header, escape)}"
+        f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, header, escape)}"
     )
     return con.execute("SELECT count(DISTINCT line) FROM reject_errors").fetchall()[0][0]
 
@@ -322,8 +326,44 @@ def _csv_record_text(header: list[str]) -> str:
     return "concat_ws(',', " + ", ".join(parts) + ")"
 
 
-def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec) -> None:
-    header = read_csv_header(path, shape)
+def _has_blank_line(path: Path) -> bool:
+    """Whether the file holds an empty line (LF LF or LF CR LF), streaming through it."""
+    tail = b""
+    with open(path, "rb") as src:
+        while chunk := src.read(1 << 20):
+            window = tail + chunk
+            if b"\n\n" in window or b"\n\r\n" in window:
+                return True
+            tail = window[-2:]
+    return False
+
+
+def _skipped_line_numbers(con: duckdb.DuckDBPyConnection, path: Path, escape: str) -> None:
+    """Temp table `not_records`: the line numbers (as DuckDB counts them) of rejected records
+    and of blank lines, which DuckDB skips silently but counts."""
+    con.execute("CREATE OR REPLACE TEMP TABLE not_records AS SELECT line_number FROM read_rejects")
+    if not _has_blank_line(path):
+        return
+    # One column that no delimiter splits, the same quoting: one row per record or blank line.
+    con.execute(
+        f"""
+        INSERT INTO not_records
+        SELECT line_number FROM (
+            SELECT row_number() OVER () + 1 AS line_number, record
+            FROM read_csv({sql_str(str(path))}, columns = {{'record': 'VARCHAR'}}, header = true,
+                          delim = {sql_str(WHOLE_RECORD_DELIMITER)}, quote = '"',
+                          escape = {sql_str(escape)}, auto_detect = false, strict_mode = false,
+                          ignore_errors = true, max_line_size = {MAX_LINE_BYTES})
+        )
+        WHERE record IS NULL
+          AND line_number NOT IN (SELECT line_number FROM read_rejects)
+        """
+    )
+
+
+def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
+    """Temp table `staged` from an uncompressed CSV file: one row per record."""
+    header = read_csv_header(path)
     if not header:
         raise UnsupportedFile("the CSV file is empty: it has no header row")
     duplicated = sorted({c for c in header if header.count(c) > 1})
@@ -337,14 +377,14 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
     # with fewer rejected records.
     best: tuple[int, str] | None = None
     for escape in ('"', "\\"):
-        rejected = _scan_csv(con, path, shape, header, escape)
+        rejected = _scan_csv(con, path, header, escape)
         if best is None or rejected < best[0]:
             best = (rejected, escape)
         if rejected == 0:
             break
     assert best is not None
     if best[1] != escape:
-        _scan_csv(con, path, shape, header, best[1])
+        _scan_csv(con, path, header, best[1])
 
     declared = set(feed.field_names)
     extras = [c for c in header if c not in declared]
@@ -352,18 +392,19 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
         f"{ident(f)} AS {ident(f)}" if f in header else f"NULL::VARCHAR AS {ident(f)}"
         for f in feed.field_names
     )
-    extras_sql = (
+    extras_json = (
         "json_object(" + ", ".join(f"{sql_str(c)}, {ident(c)}" for c in extras) + ")"
         if extras
         else "'{}'::JSON"
     )
-    _reader_rejects(con, "CSV record", len(header))
+    _reader_rejects(con, len(header))
+    _skipped_line_numbers(con, path, best[1])
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE staged AS
         WITH {_numbered(con, "csv_rows", first_line=2)}
         SELECT line_number, {_csv_record_text(header)} AS raw, NULL::VARCHAR AS error,
-               {field_cols}, {extras_sql}::JSON AS {ident(feed.extras_column)}
+               {field_cols}, {extras_json}::JSON AS {ident(feed.extras_column)}
         FROM numbered
         UNION ALL
         SELECT line_number, raw, error,
@@ -372,7 +413,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed
         FROM read_rejects
         """
     )
-    con.execute("DROP TABLE csv_rows")
+    con.execute("DROP TABLE csv_rows; DROP TABLE not_records")
 
 
 @dataclass(frozen=True)
@@ -415,63 +456,9 @@ def _ndjson_file_error(con: duckdb.DuckDBPyConnection) -> str | None:
     return None
 
 
-def salvage_gzip(path: Path, dest: Path) -> tuple[int, str] | None:
-    """Decompress what can be read of a damaged gzip file into `dest`, up to its last complete
-    line. Returns (bytes kept, what is wrong), or None if the file decompresses cleanly."""
-    decompressor = zlib.decompressobj(wbits=47)  # gzip header, any window size
-    problem: str | None = None
-    kept = 0
+def normalize_line_ends(path: Path, dest: Path) -> None:
+    """Copy the file to `dest` with CRLF line ends turned into LF, streaming."""
     with open(path, "rb") as src, open(dest, "wb") as out:
-        while chunk := src.read(1 << 20):
-            try:
-                data = decompressor.decompress(chunk)
-                while decompressor.unused_data:  # a second gzip member follows
-                    rest = decompressor.unused_data
-                    decompressor = zlib.decompressobj(wbits=47)
-                    data += decompressor.decompress(rest)
-            except zlib.error as exc:
-                problem = f"corrupt ({exc})"
-                break
-            out.write(data)
-            kept += len(data)
-        if problem is None and not decompressor.eof:
-            problem = "truncated (the file ends in the middle of the gzip stream)"
-    if problem is None:
-        dest.unlink(missing_ok=True)
-        return None
-    # The last, partial line belongs to the damage.
-    with open(dest, "rb+") as out:
-        size = out.seek(0, 2)
-        tail_start = max(0, size - (1 << 20))
-        while True:
-            out.seek(tail_start)
-            tail = out.read(size - tail_start)
-            cut = tail.rfind(b"\n")
-            if cut >= 0 or tail_start == 0:
-                keep = tail_start + cut + 1 if cut >= 0 else 0
-                break
-            tail_start = max(0, tail_start - (1 << 20))
-        out.truncate(keep)
-    return keep, problem
-
-
-def _gzip_size_matches(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape) -> bool:
-    """Cheap first check: the gzip trailer's size (ISIZE, mod 2**32) equals the bytes of the
-    lines read. Only NDJSON keeps every line's text as it was; any doubt means a full check."""
-    if shape.file_format != "ndjson":
-        return False
-    with open(path, "rb") as raw_file:
-        raw_file.seek(-4, 2)
-        isize = int.from_bytes(raw_file.read(4), "little")
-    total = con.execute("SELECT coalesce(sum(strlen(raw) + 1), 0) FROM staged").fetchall()[0][0]
-    # the last line may lack its newline
-    return isize in (total % 2**32, (total - 1) % 2**32)
-
-
-def normalize_line_ends(path: Path, shape: FileShape, dest: Path) -> None:
-    """Copy the file to `dest` uncompressed with CRLF line ends turned into LF, streaming."""
-    opener = gzip.open if shape.compression == "gzip" else open
-    with opener(path, "rb") as src, open(dest, "wb") as out:
         carry = b""
         while chunk := src.read(1 << 20):
             chunk = carry + chunk
@@ -481,22 +468,27 @@ def normalize_line_ends(path: Path, shape: FileShape, dest: Path) -> None:
         out.write(carry)
 
 
-def _stage(con: duckdb.DuckDBPyConnection, path: Path, shape: FileShape, feed: FeedSpec) -> None:
-    if shape.file_format == "ndjson":
-        stage_ndjson(con, path, shape, feed)
-        return
+def _stage_plain_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
     try:
-        stage_csv(con, path, shape, feed)
+        stage_csv(con, path, feed)
     except duckdb.InvalidInputException as exc:
         # DuckDB's strict CSV mode refuses a file that mixes CRLF and LF line ends.
         if "state machine reached an invalid state" not in str(exc):
             raise
-        plain = path.with_name(path.name + ".lf")
+        lf_only = path.with_name(path.name + ".lf")
         try:
-            normalize_line_ends(path, shape, plain)
-            stage_csv(con, plain, FileShape(shape.file_format, "none"), feed)
+            normalize_line_ends(path, lf_only)
+            stage_csv(con, lf_only, feed)
         finally:
-            plain.unlink(missing_ok=True)
+            lf_only.unlink(missing_ok=True)
+
+
+def _damage_reason(content: FileBytes) -> str:
+    return (
+        f"the gzip data is {content.damage} after {content.delivered} decompressed bytes: the "
+        "complete records before the damage were read, the rest of the file is lost; send the "
+        "file again"
+    )
 
 
 def stage_file(
@@ -504,43 +496,30 @@ def stage_file(
 ) -> StageResult:
     """Create temp table `staged` from the local file at `path` (`name` gives its format)."""
     shape = detect_shape(name)
+    content = FileBytes(path, shape.compression)
+    if shape.file_format == "ndjson":
+        stage_ndjson(con, content, feed)
+    elif shape.compression == "none":
+        _stage_plain_csv(con, path, feed)
+    else:
+        plain = path.with_name(path.name + ".csv")
+        try:
+            write_plain(content, plain)
+            if content.damage:
+                cut_after_last_line(plain)
+                if not read_csv_header(plain):
+                    raise UnsupportedFile(_damage_reason(content) + " (no complete header row)")
+            _stage_plain_csv(con, plain, feed)
+        finally:
+            plain.unlink(missing_ok=True)
     damage = None
-    read_error: duckdb.Error | None = None
-    try:
-        _stage(con, path, shape, feed)
-        # DuckDB's gzip reader does not check the CRC: corrupt data can decode into garbage
-        # lines. Rejected lines in a gzip file are worth an integrity check of the stream.
-        suspicious = (
-            shape.compression == "gzip"
-            and con.execute("SELECT count(*) > 0 FROM staged WHERE error IS NOT NULL").fetchall()[
-                0
-            ][0]
-            and not _gzip_size_matches(con, path, shape)
+    if content.damage:
+        damage = _damage_reason(content)
+        # The damaged tail is one more record, in the quarantine with the reason.
+        con.execute(
+            "INSERT INTO staged (line_number, raw, error) "
+            "SELECT coalesce(max(line_number), ?) + 1, '', ? FROM staged",
+            [1 if shape.file_format == "csv" else 0, damage],
         )
-    except duckdb.Error as exc:
-        if shape.compression != "gzip":
-            raise
-        read_error, suspicious = exc, True
-    if suspicious:
-        salvaged = path.with_name(path.name + ".salvaged")
-        found = salvage_gzip(path, salvaged)
-        if found is None and read_error is not None:
-            raise read_error
-        if found is not None:
-            kept, problem = found
-            try:
-                _stage(con, salvaged, FileShape(shape.file_format, "none"), feed)
-            finally:
-                salvaged.unlink(missing_ok=True)
-            damage = (
-                f"the gzip data is {problem} after {kept} bytes of complete lines: the records "
-                "before the damage were read, the rest of the file is lost; send the file again"
-            )
-            # The damaged tail is one more record, in the quarantine with the reason.
-            con.execute(
-                "INSERT INTO staged (line_number, raw, error) "
-                "SELECT coalesce(max(line_number), ?) + 1, '', ? FROM staged",
-                [1 if shape.file_format == "csv" else 0, damage],
-            )
     file_error = _ndjson_file_error(con) if shape.file_format == "ndjson" else None
     return StageResult(shape=shape, file_error=file_error, damage=damage)

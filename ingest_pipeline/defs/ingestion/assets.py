@@ -109,7 +109,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
                 lake=ingest.lake(),
                 warehouse_path=ingest.warehouse(),
                 tenant_id=ingest.tenant_id(),
-                run_id=context.run_id,
+                run_id=context.run.run_id,
                 force=force,
                 policy=ingest_config().policy(feed.name),
             )
