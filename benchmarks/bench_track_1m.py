@@ -301,64 +301,33 @@ class Stages:
         return timed
 
 
-# Stage labels of the pipeline side (numbered in execution order).
+# Stage labels of the pipeline side (numbered in execution order). The bronze step is one
+# streaming pass: DuckDB's reading and typing run while the pass pulls chunks, so "read, parse and
+# type" is the pass minus the validation and Parquet writes nested in it.
 S_GLUE = "glue (Python, temp dirs, listing)"
 S_DOWNLOAD = "01 landing: copy file to local temp"
-S_BRONZE_SETUP = "02 parse: open in-memory DuckDB"
-S_READ_LINES = "03 parse: read gzip lines (read_csv, one VARCHAR per line)"
-S_STAGE = "04 parse: staged table (numbering, json_valid/type, extract, extras)"
-S_DESCRIBE = "05 parse: reader rejects + describe invalid JSON lines"
-S_GZIP_CHECK = "06 parse: gzip integrity re-read (Python zlib; when a line is rejected)"
-S_FILE_CHECKS = "07 parse: row count + whole-file checks (NUL-only, JSON array)"
-S_VALIDATE_READ = "08 validate: typed SELECT -> Arrow -> pandas chunks"
-S_PANDERA = "09 validate: pandera checks on chunks"
-S_REJECTS = "10 quarantine: collect rejected rows (rejects table + Arrow)"
-S_BRONZE = "11 bronze: typing + within-file dedupe + write Parquet (COPY)"
-S_PY_BRONZE = "12 bronze: other Python in process_file / stage_file"
-S_LAKE_PUT = "13 lake: put bronze + quarantine files (copy)"
-S_QUARANTINE = "14 quarantine: write quarantine Parquet"
-S_WH_OPEN = "15 warehouse: connect + DDL"
-S_LEDGER = "16 ledger: record parsed + insert rejected_rows"
-S_BATCH = "17 merge: load bronze Parquet into temp batch table"
-S_UPSERT = "18 merge: INSERT .. ON CONFLICT into events (+ RETURNING)"
-S_MERGE_MISC = "19 merge: per-file counts, ledger update, misc SQL + Python"
-S_COMMIT = "20 merge: COMMIT"
-S_WH_CLOSE = "21 warehouse: close (checkpoint)"
-
-# (substrings of the whitespace-normalised SQL, stage), first match wins.
-_BRONZE_RULES: list[tuple[tuple[str, ...], str]] = [
-    (("COPY", "TEMP TABLE bronze", "FROM bronze"), S_BRONZE),
-    (("TEMP TABLE staged",), S_STAGE),
-    (("ndjson_lines", "TEMP TABLE csv_rows", "DROP TABLE csv_rows"), S_READ_LINES),
-    (
-        ("read_rejects", "reject_errors", "json_errors", "UPDATE staged", "csv_rejects"),
-        S_DESCRIBE,
-    ),
-    (("WHERE error = ",), S_DESCRIBE),
-    (("count(*) > 0 FROM staged", "INSERT INTO staged"), S_GZIP_CHECK),
-    (("regexp_full_match", "SELECT count(*) FROM staged"), S_FILE_CHECKS),
-    (("TEMP TABLE rejects", "FROM rejects"), S_REJECTS),
-    (("FROM staged WHERE error IS NULL",), S_VALIDATE_READ),
-]
-
-
-def _bronze_label(sql: str) -> str:
-    """The stage of a statement run on the parse/bronze connection (by what its SQL touches)."""
-    s = " ".join(sql.split())
-    if s.startswith("SET "):
-        return S_BRONZE_SETUP
-    for needles, label in _BRONZE_RULES:
-        if any(n in s for n in needles):
-            return label
-    return f"other bronze SQL: {s[:50]}"
+S_BRONZE_SETUP = "02 bronze: open in-memory DuckDB"
+S_OPEN = "03 bronze: open records (CSV: read into a table; NDJSON: nothing yet)"
+S_STREAM = "04 bronze: read gzip lines, parse JSON, type fields, extras (DuckDB, streamed)"
+S_VALIDATE = "05 bronze: pandera row rules on 500k-row chunks (polars)"
+S_PARQUET = "06 bronze: write bronze + quarantine Parquet (pyarrow)"
+S_PY_BRONZE = "07 bronze: other Python in process_file"
+S_LAKE_PUT = "08 lake: put bronze + quarantine files"
+S_WH_OPEN = "09 warehouse: connect + DDL"
+S_LEDGER = "10 ledger: record parsed + insert rejected_rows"
+S_MERGE_RANK = "11 merge: rank the batch, compare with stored rows"
+S_MERGE_WRITE = "12 merge: DELETE replaced + INSERT winners"
+S_MERGE_MISC = "13 merge: per-file counts, ledger update, misc SQL + Python"
+S_COMMIT = "14 merge: COMMIT"
+S_WH_CLOSE = "15 warehouse: close (checkpoint)"
 
 
 def _warehouse_label(sql: str) -> str:
     s = " ".join(sql.split())
-    if "TEMP TABLE batch AS" in s:
-        return S_BATCH
-    if s.startswith("INSERT INTO") and "ON CONFLICT" in s and "ingested_files" not in s:
-        return S_UPSERT
+    if "merge_winners AS" in s or "batch_losers AS" in s or "merge_skip AS" in s:
+        return S_MERGE_RANK
+    if s.startswith(("INSERT INTO", "DELETE FROM")) and "ingested_files" not in s:
+        return S_MERGE_WRITE
     if s.startswith("COMMIT"):
         return S_COMMIT
     return S_MERGE_MISC
@@ -397,25 +366,23 @@ class _Connection:
 
 def instrument(stages: Stages, landing: Any, lake: Any) -> None:
     """Wrap the core functions the pipeline calls (module attributes), for stage timings."""
-    from ingest_pipeline import bronze, ledger, parsing, pipeline, validation, warehouse
+    import pyarrow.parquet as pq
+
+    from ingest_pipeline import bronze, ledger, pipeline, validation, warehouse
 
     orig_new_connection = bronze.new_connection
 
     def new_connection(temp_dir: Path) -> Any:
         with stages.time(S_BRONZE_SETUP):
-            con = orig_new_connection(temp_dir)
-        return _Connection(con, stages, _bronze_label)
+            return orig_new_connection(temp_dir)
 
     bronze.new_connection = new_connection
-    # Python between the statements (and anything unlabelled) of the bronze step.
     pipeline.process_file = stages.wrap(S_PY_BRONZE, pipeline.process_file)
-    bronze.stage_file = stages.wrap(S_PY_BRONZE, bronze.stage_file)
-    if hasattr(parsing, "salvage_gzip"):
-        parsing.salvage_gzip = stages.wrap(S_GZIP_CHECK, parsing.salvage_gzip)
-    pipeline.merge_bronze = stages.wrap(S_MERGE_MISC, pipeline.merge_bronze)
-    validation.validate_staged = stages.wrap(S_VALIDATE_READ, validation.validate_staged)
-    validation._failing_rows = stages.wrap(S_PANDERA, validation._failing_rows)
-    pipeline._write_quarantine = stages.wrap(S_QUARANTINE, pipeline._write_quarantine)
+    bronze.open_records = stages.wrap(S_OPEN, bronze.open_records)
+    bronze._stream = stages.wrap(S_STREAM, bronze._stream)
+    validation.RowValidator.failures = stages.wrap(S_VALIDATE, validation.RowValidator.failures)
+    pq.ParquetWriter.write_table = stages.wrap(S_PARQUET, pq.ParquetWriter.write_table)
+    pq.ParquetWriter.close = stages.wrap(S_PARQUET, pq.ParquetWriter.close)
     ledger.record_parsed = stages.wrap(S_LEDGER, ledger.record_parsed)
     landing.download = stages.wrap(S_DOWNLOAD, landing.download)
     lake.put = stages.wrap(S_LAKE_PUT, lake.put)

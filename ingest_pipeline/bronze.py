@@ -1,26 +1,72 @@
-"""One landed file -> typed bronze rows (Parquet) + rejected rows, with its counts.
+"""One landed file -> typed bronze rows (Parquet) + rejected rows (quarantine Parquet), with counts.
 
-Parsing, typing and validation all run in a private in-memory DuckDB
-(spilling to a temp folder), so a file of any size uses bounded memory and never touches the
-warehouse; the warehouse sees the result later, in one merge transaction.
+One streaming pass: DuckDB reads the file's records (parsing.py) in a private in-memory database,
+types their fields and takes their extras; chunk by chunk the feed's pandera schema names the
+rows that break a rule (validation.py); good rows are appended to the bronze file and every other
+record to the quarantine file, with its line number, raw text and reason. Nothing of the file is
+held beyond one chunk, so memory is bounded whatever the file size, and the warehouse is not
+touched: it sees the result later, in one merge transaction.
+
+A verdict on the whole file (one JSON document, only NUL bytes, the feed's error policy refusing
+the file) is known only at the end: then the records are read a second time and every one goes to
+the quarantine with the reason, so that rows_read = rows_loaded + rows_duplicate + rows_rejected
+still holds.
 """
 
 from __future__ import annotations
 
 import hashlib
+import queue
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import duckdb
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 from ingest_pipeline.config import FeedPolicy
-from ingest_pipeline.feeds import FeedSpec
-from ingest_pipeline.parsing import UnsupportedFile, extras_sql, ident, sql_str, stage_file
-from ingest_pipeline.validation import typed_sql
+from ingest_pipeline.feeds import FeedSpec, FieldSpec
+from ingest_pipeline.parsing import (
+    DESCRIBE_JSON_ERRORS,
+    INVALID_JSON,
+    RAW_TEXT_LIMIT,
+    NdjsonFileCheck,
+    Records,
+    UnsupportedFile,
+    describe_invalid_json,
+    ident,
+    open_records,
+    sql_str,
+    strip_line_end,
+)
+from ingest_pipeline.validation import (
+    MAX_UNIX_SECONDS,
+    TYPE_NAMES,
+    RowValidator,
+    typed_column,
+    validation_columns_sql,
+)
 
 MEMORY_LIMIT = "1GB"
+CHUNK_ROWS = 500_000  # records validated and written at a time
+HEAD_REJECTS = 100  # rejected records kept in memory for reports and metadata
+
+QUARANTINE_SCHEMA = pa.schema(
+    [
+        ("line_number", pa.int64()),
+        ("raw", pa.string()),
+        ("reason", pa.string()),
+        ("source_uri", pa.string()),
+        ("etag", pa.string()),
+        ("feed", pa.string()),
+    ]
+)
+REJECT_COLUMNS = ["line_number", "raw", "reason"]
 
 
 @dataclass(frozen=True)
@@ -43,26 +89,33 @@ class SourceFile:
         return self.landed_at.date().isoformat()
 
 
+def _no_rejects() -> pa.Table:
+    return QUARANTINE_SCHEMA.empty_table().select(REJECT_COLUMNS)
+
+
 @dataclass
 class FileReport:
     source: SourceFile
     feed: str
-    status: str  # parsed | failed
+    status: str  # parsed | failed | skipped
     rows_read: int = 0
     rows_valid: int = 0
     rows_duplicate: int = 0  # only for refused files; otherwise the merge counts duplicates
     rows_rejected: int = 0
     error: str | None = None
     bronze_path: Path | None = None
-    rejects: pa.Table = field(
-        default_factory=lambda: pa.table(
-            {
-                "line_number": pa.array([], pa.int64()),
-                "raw": pa.array([], pa.string()),
-                "reason": pa.array([], pa.string()),
-            }
-        )
-    )
+    # Parquet of every rejected record (QUARANTINE_SCHEMA), None when nothing was rejected.
+    quarantine_path: Path | None = None
+    # The first rejected records in line order (line_number, raw, reason), for reports.
+    rejects_head: pa.Table = field(default_factory=_no_rejects)
+
+    @property
+    def rejects(self) -> pa.Table:
+        """Every rejected record (line_number, raw, reason) in line order, read from the
+        quarantine file: for small files and tests; reports use `rejects_head`."""
+        if self.quarantine_path is None:
+            return _no_rejects()
+        return pq.read_table(self.quarantine_path, columns=REJECT_COLUMNS).sort_by("line_number")
 
 
 def new_connection(temp_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -74,23 +127,221 @@ def new_connection(temp_dir: Path) -> duckdb.DuckDBPyConnection:
     return con
 
 
-def _bronze_select(feed: FeedSpec, source: SourceFile, extras: str) -> str:
-    cols = [
-        f"{sql_str(source.tenant_id)} AS tenant_id",
-        f"{sql_str(source.uri)} AS source_uri",
-        f"{sql_str(source.etag)} AS etag",
-        f"{sql_str(source.landed_at.isoformat())}::TIMESTAMPTZ AS landed_at",
-        "line_number",
-    ]
+def _timestamp_column(field: FieldSpec) -> str:
+    return f"{field.name}__timestamp"
+
+
+def _records_query(feed: FeedSpec, records_sql: str) -> str:
+    """Each record with what the rules check and what bronze stores, in one SELECT."""
+    select = ["line_number", "raw", "error", *validation_columns_sql(feed)]
     for f in feed.fields:
-        typed = typed_sql(f)
         if f.kind == "unix_seconds":
-            typed = f"to_timestamp({typed})"
-        elif f.kind in ("string", "email"):
-            typed = f"nullif(trim({ident(f.name)}), '')"
-        cols.append(f"{typed} AS {ident(f.name)}")
-    cols.append(f"({extras})::JSON AS {ident(feed.extras_column)}")
-    return ", ".join(cols)
+            seconds = f"TRY_CAST(nullif(trim({ident(f.name)}), '') AS DOUBLE)"
+            select.append(
+                f"CASE WHEN {seconds} >= 0 AND {seconds} < {MAX_UNIX_SECONDS} "
+                f"THEN to_timestamp({seconds}) END AS {ident(_timestamp_column(f))}"
+            )
+    select.append(ident(feed.extras_column))
+    return f"SELECT {', '.join(select)} FROM ({records_sql})"
+
+
+def _bronze_value(field: FieldSpec) -> str:
+    """The column of the records query holding a field's bronze value."""
+    if field.kind == "unix_seconds":
+        return _timestamp_column(field)
+    if field.kind in TYPE_NAMES:
+        return typed_column(field)
+    return field.name  # text, trimmed
+
+
+def _constant(value: object, type_: pa.DataType, n: int) -> pa.Array:
+    return pa.repeat(pa.scalar(value, type_), n)
+
+
+def _bronze_table(good: pa.Table, feed: FeedSpec, source: SourceFile) -> pa.Table:
+    """The bronze rows of a chunk: provenance, typed fields and the extras as JSON."""
+    n = good.num_rows
+    extras = good[feed.extras_column].combine_chunks()
+    columns = {
+        "tenant_id": _constant(source.tenant_id, pa.string(), n),
+        "source_uri": _constant(source.uri, pa.string(), n),
+        "etag": _constant(source.etag, pa.string(), n),
+        "landed_at": _constant(source.landed_at, pa.timestamp("us", "UTC"), n),
+        "line_number": good["line_number"],
+        **{f.name: good[_bronze_value(f)] for f in feed.fields},
+        # Parquet's JSON logical type, so DuckDB reads the column back as JSON
+        feed.extras_column: pa.ExtensionArray.from_storage(pa.json_(extras.type), extras),
+    }
+    return pa.table(columns)
+
+
+class _ParquetAppender:
+    """Appends tables to one Parquet file from a background thread, so that writing a chunk
+    overlaps DuckDB producing the next (pyarrow releases the GIL while it encodes)."""
+
+    def __init__(self, path: Path, schema: pa.Schema) -> None:
+        self._writer = pq.ParquetWriter(path, schema, compression="snappy")
+        self._queue: queue.Queue[pa.Table | None] = queue.Queue(maxsize=1)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="parquet-appender", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while (table := self._queue.get()) is not None:
+            if self._error is None:
+                try:
+                    self._writer.write_table(table)
+                except BaseException as exc:  # re-raised by the caller in close()
+                    self._error = exc
+
+    def write(self, table: pa.Table) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(table)
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join()
+        self._writer.close()
+        if self._error is not None:
+            raise self._error
+
+
+def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
+    """The reader's batches gathered into tables of about `rows` rows (pandera has a fixed cost
+    per call; DuckDB hands over batches the size of its input's)."""
+    pending: list[pa.RecordBatch] = []
+    count = 0
+    for batch in reader:
+        pending.append(batch)
+        count += batch.num_rows
+        if count >= rows:
+            yield pa.Table.from_batches(pending)
+            pending, count = [], 0
+    if pending:
+        yield pa.Table.from_batches(pending)
+
+
+class _Quarantine:
+    """Rejected records appended to a Parquet file as they are found."""
+
+    def __init__(self, path: Path, source: SourceFile, feed: str) -> None:
+        self.path, self.source, self.feed = path, source, feed
+        self.writer: pq.ParquetWriter | None = None
+        self.count = 0
+        self.head: list[pa.Table] = []
+        self.head_rows = 0
+
+    def add(self, line_numbers: pa.Array, raw: pa.Array, reasons: pa.Array) -> None:
+        n = len(line_numbers)
+        if not n:
+            return
+        table = pa.table(
+            [
+                line_numbers,
+                pc.utf8_slice_codeunits(strip_line_end(raw.cast(pa.string())), 0, RAW_TEXT_LIMIT),
+                reasons.cast(pa.string()),
+                _constant(self.source.uri, pa.string(), n),
+                _constant(self.source.etag, pa.string(), n),
+                _constant(self.feed, pa.string(), n),
+            ],
+            schema=QUARANTINE_SCHEMA,
+        )
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(self.path, QUARANTINE_SCHEMA, compression="snappy")
+        self.writer.write_table(table)
+        self.count += n
+        if self.head_rows < HEAD_REJECTS:
+            self.head.append(table.select(REJECT_COLUMNS).slice(0, HEAD_REJECTS))
+            self.head_rows += min(n, HEAD_REJECTS)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+    def head_table(self) -> pa.Table:
+        if not self.head:
+            return _no_rejects()
+        return pa.concat_tables(self.head).sort_by("line_number").slice(0, HEAD_REJECTS)
+
+
+@dataclass
+class _Pass:
+    """What one streaming pass over a file's records found."""
+
+    rows_read: int = 0
+    rows_valid: int = 0
+    last_line: int = 0
+    file_check: NdjsonFileCheck | None = None
+
+
+def _reasons_of_unreadable(bad: pa.Table, budget: int) -> tuple[pa.Array, int]:
+    """The reasons of unreadable records: the reader's error, with the position worked out for
+    up to `budget` invalid JSON lines. Returns (reasons, how many were worked out)."""
+    errors = bad["error"].combine_chunks()
+    invalid = np.flatnonzero(pc.equal(errors, INVALID_JSON).to_numpy(zero_copy_only=False))
+    invalid = invalid[:budget]
+    if not len(invalid):
+        return errors, 0
+    reasons = errors.to_pylist()
+    raws = bad["raw"].take(pa.array(invalid)).to_pylist()
+    for i, raw in zip(invalid.tolist(), raws, strict=True):
+        reasons[i] = describe_invalid_json(raw)
+    return pa.array(reasons, pa.string()), len(invalid)
+
+
+def _stream(
+    con: duckdb.DuckDBPyConnection,
+    records: Records,
+    feed: FeedSpec,
+    source: SourceFile,
+    bronze_path: Path,
+    quarantine: _Quarantine,
+) -> _Pass:
+    found = _Pass()
+    validator = RowValidator(feed)
+    file_check = found.file_check = (
+        NdjsonFileCheck() if records.shape.file_format == "ndjson" else None
+    )
+    describe_budget = DESCRIBE_JSON_ERRORS
+    reader = con.sql(_records_query(feed, records.sql(con))).to_arrow_reader(CHUNK_ROWS)
+    bronze_inputs = ["line_number", *(_bronze_value(f) for f in feed.fields), feed.extras_column]
+    empty = reader.schema.empty_table()
+    bronze = _ParquetAppender(bronze_path, _bronze_table(empty, feed, source).schema)
+    try:
+        for chunk in _chunks(reader, CHUNK_ROWS):
+            found.rows_read += chunk.num_rows
+            found.last_line = max(found.last_line, pc.max(chunk["line_number"]).as_py() or 0)
+            if file_check is not None:
+                file_check.add(chunk)
+            # Filters copy: each output takes only the columns it needs (raw text only for
+            # the few rejected records).
+            unreadable = pc.is_valid(chunk["error"])
+            readable = pc.invert(unreadable)
+            bad = chunk.select(["line_number", "raw", "error"]).filter(unreadable)
+            if bad.num_rows:
+                reasons, described = _reasons_of_unreadable(bad, describe_budget)
+                describe_budget -= described
+                quarantine.add(bad["line_number"], bad["raw"], reasons)
+            failures = validator.failures(chunk.select(validator.columns).filter(readable))
+            keep = readable
+            if failures.num_rows:
+                failures = failures.sort_by("line_number")
+                failed = pc.is_in(chunk["line_number"], value_set=failures["line_number"])
+                failed_rows = chunk.select(["line_number", "raw"]).filter(failed)
+                failed_rows = failed_rows.sort_by("line_number")
+                quarantine.add(failed_rows["line_number"], failed_rows["raw"], failures["reason"])
+                keep = pc.and_(readable, pc.invert(failed))
+            good = chunk.select(bronze_inputs).filter(keep)
+            if good.num_rows:
+                bronze.write(_bronze_table(good, feed, source))
+                found.rows_valid += good.num_rows
+    finally:
+        bronze.close()
+        if records.shape.file_format == "ndjson":
+            con.unregister("ndjson_lines")
+    return found
 
 
 def _policy_verdict(report: FileReport, policy: FeedPolicy) -> str | None:
@@ -98,7 +349,7 @@ def _policy_verdict(report: FileReport, policy: FeedPolicy) -> str | None:
     if report.rows_rejected == 0:
         return None
     share = report.rows_rejected / report.rows_read
-    first = report.rejects.slice(0, 1).to_pylist()[0]
+    first = report.rejects_head.slice(0, 1).to_pylist()[0]
     summary = (
         f"{report.rows_rejected} of {report.rows_read} rows rejected ({share:.1%}); first: "
         f"line {first['line_number']}: {first['reason']}"
@@ -113,6 +364,61 @@ def _policy_verdict(report: FileReport, policy: FeedPolicy) -> str | None:
     return None
 
 
+def _head_of(path: Path) -> pa.Table:
+    """The first rejected records of a quarantine file (written in line order)."""
+    batches = pq.ParquetFile(path).iter_batches(batch_size=HEAD_REJECTS, columns=REJECT_COLUMNS)
+    first = next(batches, None)
+    return pa.Table.from_batches([first]) if first is not None else _no_rejects()
+
+
+def _quarantine_everything(
+    con: duckdb.DuckDBPyConnection,
+    records: Records,
+    report: FileReport,
+    quarantine_path: Path,
+    new_reason: str,
+    *,
+    keep_reasons: bool,
+    damage_line: int | None,
+) -> None:
+    """Second read: every record of the file into the quarantine with `new_reason`; records
+    already rejected keep their own reason when `keep_reasons`. Rewrites the quarantine file."""
+    src = report.source
+    constants = (
+        f"{sql_str(src.uri)} AS source_uri, {sql_str(src.etag)} AS etag, "
+        f"{sql_str(report.feed)} AS feed"
+    )
+    raw = f"left(regexp_replace(raw, '\\r?\\n$', ''), {RAW_TEXT_LIMIT})"  # see strip_line_end
+    everything = (
+        f"SELECT line_number, {raw} AS raw, $reason AS reason, {constants} "
+        f"FROM ({records.sql(con)})"
+    )
+    if keep_reasons and report.quarantine_path is not None:
+        quarantined = f"read_parquet({sql_str(str(report.quarantine_path))})"
+        body = f"""
+            SELECT * FROM {quarantined}
+            UNION ALL
+            SELECT * FROM ({everything}) WHERE line_number NOT IN (SELECT line_number FROM {quarantined})"""
+    elif damage_line is not None:  # the gzip damage record is not one the second read sees
+        body = f"{everything} UNION ALL SELECT {damage_line}, '', $reason, {constants}"
+    else:
+        body = everything
+    rewritten = quarantine_path.with_name(quarantine_path.name + ".all")
+    con.execute(
+        f"COPY ({body} ORDER BY line_number) TO {sql_str(str(rewritten))} "
+        "(FORMAT parquet, COMPRESSION snappy)",
+        {"reason": new_reason},
+    )
+    if records.shape.file_format == "ndjson":
+        con.unregister("ndjson_lines")
+    rewritten.replace(quarantine_path)
+    report.quarantine_path = quarantine_path
+    report.rows_rejected = pq.ParquetFile(quarantine_path).metadata.num_rows
+    report.rejects_head = _head_of(quarantine_path)
+    report.rows_valid = 0
+    report.bronze_path = None
+
+
 def process_file(
     local_path: Path,
     source: SourceFile,
@@ -122,92 +428,83 @@ def process_file(
 ) -> FileReport:
     """Parse, type and validate one local copy of a landed file.
 
-    Writes `<workdir>/<file_id>.parquet` with the rows to merge and returns the counts and the
-    rejected rows. Whole-file problems give status `failed` (or `skipped` by the error policy)
-    with the reason, never an exception; the file's rows are then all in the quarantine, so
-    rows_read = rows_loaded + rows_duplicate + rows_rejected still holds.
+    Writes `<workdir>/<file_id>.parquet` with the rows to merge (and the quarantine beside it)
+    and returns the counts. Whole-file problems give status `failed` (or `skipped` by the error
+    policy) with the reason, never an exception; the file's records are then all in the
+    quarantine, so rows_read = rows_loaded + rows_duplicate + rows_rejected still holds.
     """
-    from ingest_pipeline.validation import validate_staged
-
     policy = policy or FeedPolicy()
     workdir.mkdir(parents=True, exist_ok=True)
     report = FileReport(source=source, feed=feed.name, status="parsed")
+    bronze_path = workdir / f"{source.file_id}.parquet"
+    quarantine = _Quarantine(workdir / f"{source.file_id}.quarantine.parquet", source, feed.name)
     con = new_connection(workdir)
     try:
         try:
-            staged = stage_file(con, local_path, source.key, feed)
+            records = open_records(con, local_path, source.key, feed)
+            found = _stream(con, records, feed, source, bronze_path, quarantine)
+            damage = records.damage
+            damage_line = None
+            if damage is not None:
+                # The damaged tail is one more record, in the quarantine with the reason.
+                damage_line = max(found.last_line, 1 if records.shape.file_format == "csv" else 0)
+                damage_line += 1
+                quarantine.add(
+                    pa.array([damage_line], pa.int64()), pa.array([""]), pa.array([damage])
+                )
+                found.rows_read += 1
+                if found.file_check is not None:
+                    found.file_check.total += 1  # a record too, if not one that can be read
         except UnsupportedFile as exc:
             report.status, report.error = "failed", str(exc)
             return report
         except duckdb.Error as exc:
             report.status, report.error = "failed", f"the file could not be read: {exc}"
             return report
+        finally:
+            quarantine.close()
 
-        report.rows_read = con.execute("SELECT count(*) FROM staged").fetchall()[0][0]
+        report.rows_read = found.rows_read
+        report.rows_valid = found.rows_valid
+        report.rows_rejected = quarantine.count
+        report.rejects_head = quarantine.head_table()
+        report.quarantine_path = quarantine.path if quarantine.count else None
+        report.bronze_path = bronze_path
+        report.error = damage
+
         if report.rows_read == 0:
-            report.status = "failed"
-            report.error = "found zero data rows in the file"
+            report.status, report.error = "failed", "found zero data rows in the file"
+            report.bronze_path = None
             return report
-
-        if staged.file_error:
+        file_error = found.file_check.verdict() if found.file_check is not None else None
+        if file_error:
             # The file as a whole is wrong: every record goes to the quarantine with that reason.
-            report.status, report.error = "failed", staged.file_error
-            report.rejects = con.sql(
-                "SELECT line_number, raw, $reason AS reason FROM staged ORDER BY line_number",
-                params={"reason": staged.file_error},
-            ).to_arrow_table()
-            report.rows_rejected = report.rejects.num_rows
+            report.status, report.error = "failed", file_error
+            _quarantine_everything(
+                con,
+                records,
+                report,
+                quarantine.path,
+                file_error,
+                keep_reasons=False,
+                damage_line=damage_line,
+            )
             return report
-
-        row_rejects = validate_staged(con, feed)
-        con.register("row_rejects_arrow", row_rejects)
-        con.execute(
-            """
-            CREATE OR REPLACE TEMP TABLE rejects AS
-            SELECT line_number, raw, error AS reason FROM staged WHERE error IS NOT NULL
-            UNION ALL
-            SELECT s.line_number, s.raw, r.reason
-            FROM staged s JOIN row_rejects_arrow r USING (line_number)
-            """
-        )
-        con.unregister("row_rejects_arrow")
-        report.rejects = con.sql("SELECT * FROM rejects ORDER BY line_number").to_arrow_table()
-        report.rows_rejected = report.rejects.num_rows
-        report.error = staged.damage
-
         refusal = _policy_verdict(report, policy)
         if refusal is not None:
             # Nothing from the file merges; its good rows wait in the quarantine with the reason.
             report.status = "failed" if policy.on_error == "abort" else "skipped"
-            report.error = refusal if not staged.damage else f"{refusal}; {staged.damage}"
-            report.rejects = con.sql(
-                """
-                SELECT line_number, raw, reason FROM rejects
-                UNION ALL
-                SELECT line_number, raw, 'not loaded: ' || $refusal AS reason FROM staged
-                WHERE line_number NOT IN (SELECT line_number FROM rejects)
-                ORDER BY line_number
-                """,
-                params={"refusal": refusal},
-            ).to_arrow_table()
-            report.rows_rejected = report.rejects.num_rows
+            report.error = refusal if not damage else f"{refusal}; {damage}"
+            _quarantine_everything(
+                con,
+                records,
+                report,
+                quarantine.path,
+                "not loaded: " + refusal,
+                keep_reasons=True,
+                damage_line=damage_line,
+            )
             return report
-
-        # Duplicates are left to the merge: its ranking keeps the first line of a key within a
-        # file and the newest file across files, and counts each file's rows_duplicate.
-        bronze_path = workdir / f"{source.file_id}.parquet"
-        # COPY answers with the number of rows it wrote.
-        report.rows_valid = con.execute(
-            f"""
-            COPY (
-                SELECT {_bronze_select(feed, source, extras_sql(feed, staged.shape))}
-                FROM staged
-                WHERE error IS NULL
-                  AND line_number NOT IN (SELECT line_number FROM rejects)
-            ) TO {sql_str(str(bronze_path))} (FORMAT parquet, COMPRESSION snappy)
-            """
-        ).fetchall()[0][0]
-        report.bronze_path = bronze_path
         return report
     finally:
         con.close()

@@ -21,7 +21,7 @@ from ingest_pipeline.bronze import SourceFile, new_connection, process_file
 from ingest_pipeline.config import load_config
 from ingest_pipeline.feeds import FEEDS, FeedSpec
 from ingest_pipeline.landing import is_s3_url, landing_from_url, split_s3_url
-from ingest_pipeline.parsing import UnsupportedFile, extras_sql, ident, stage_file
+from ingest_pipeline.parsing import UnsupportedFile, ident, open_records
 from ingest_pipeline.samples import write_samples
 from ingest_pipeline.settings import get_settings
 
@@ -134,7 +134,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     print(f"would load:  {report.rows_valid - duplicates}")
     print(f"duplicates:  {duplicates} (inside the file)")
     print(f"rejected:    {report.rows_rejected}")
-    shown = report.rejects.slice(0, args.show).to_pylist()
+    shown = report.rejects_head.slice(0, args.show).to_pylist()
     if shown:
         print(f"\nfirst {len(shown)} rejected row(s):")
         for row in shown:
@@ -148,25 +148,24 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     with _local_copy(args.location) as (path, source), tempfile.TemporaryDirectory() as work:
         con = new_connection(Path(work))
         try:
-            staged = stage_file(con, path, source.key, feed)
+            records = open_records(con, path, source.key, feed)
         except UnsupportedFile as exc:
             print(f"cannot read {args.location}: {exc}")
             return 1
         columns = ["line_number", *feed.field_names, feed.extras_column, "error"]
-        extras = f"CASE WHEN error IS NULL THEN {extras_sql(feed, staged.shape)} END"
-        select = [ident(c) for c in columns]
-        select[-2] = f"{extras} AS {ident(feed.extras_column)}"
+        # No ORDER BY: the records stream in file order and the read stops after the first rows.
         rows = con.execute(
-            f"SELECT {', '.join(select)} FROM staged ORDER BY line_number LIMIT {int(args.rows)}"
+            f"SELECT {', '.join(ident(c) for c in columns)} FROM ({records.sql(con)}) "
+            f"LIMIT {int(args.rows)}"
         ).fetchall()
+        damage = records.damage
         con.close()
-    shape = staged.shape
+    shape = records.shape
     print(
         f"{args.location}: {shape.file_format}, compression {shape.compression}, feed {feed.name}"
     )
-    for problem in (staged.file_error, staged.damage):
-        if problem:
-            print(f"problem: {problem}")
+    if damage:
+        print(f"problem: {damage}")
     print("\t".join(columns))
     for row in rows:
         print("\t".join("" if v is None else str(v) for v in row))

@@ -54,16 +54,14 @@ def record_parsed(
         con.execute(
             "DELETE FROM rejected_rows WHERE source_uri = ? AND etag = ?", [src.uri, src.etag]
         )
-        if report.rejects.num_rows:
-            con.register("rejects_arrow", report.rejects)
+        if report.quarantine_path is not None:
             con.execute(
                 """
                 INSERT INTO rejected_rows (source_uri, etag, line_number, tenant_id, feed, raw, reason)
-                SELECT ?, ?, line_number, ?, ?, raw, reason FROM rejects_arrow
+                SELECT ?, ?, line_number, ?, ?, raw, reason FROM read_parquet(?)
                 """,
-                [src.uri, src.etag, src.tenant_id, report.feed],
+                [src.uri, src.etag, src.tenant_id, report.feed, str(report.quarantine_path)],
             )
-            con.unregister("rejects_arrow")
         con.execute(
             """
             INSERT OR REPLACE INTO ingested_files (
@@ -161,15 +159,17 @@ def record_merged(
     )
 
 
-def rejects_sample(rejects: pa.Table, limit: int = 10) -> str:
-    """A markdown table of the first rejected rows, for Dagster metadata."""
-    if rejects.num_rows == 0:
+def rejects_sample(rejects: pa.Table, limit: int = 10, total: int | None = None) -> str:
+    """A markdown table of the first rejected rows, for Dagster metadata (`total`: how many
+    there are in all, when `rejects` holds only the first ones)."""
+    total = rejects.num_rows if total is None else total
+    if total == 0:
         return "No rejected rows."
     lines = ["| line | reason | raw |", "| --- | --- | --- |"]
     for row in rejects.slice(0, limit).to_pylist():
         raw = (row["raw"] or "")[:120].replace("|", "\\|").replace("\n", "\\n")
         reason = row["reason"].replace("|", "\\|")
         lines.append(f"| {row['line_number']} | {reason} | `{raw}` |")
-    if rejects.num_rows > limit:
-        lines.append(f"\n… and {rejects.num_rows - limit} more in `rejected_rows`.")
+    if total > limit:
+        lines.append(f"\n… and {total - limit} more in `rejected_rows`.")
     return "\n".join(lines)

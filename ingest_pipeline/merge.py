@@ -49,8 +49,12 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
 
     Row tables carry no PRIMARY KEY: maintaining an ART index row by row made a 1M-row merge
     several times slower than the rest of the pipeline and its memory unbounded. Keys stay
-    unique by construction: the batch is reduced to one winner per key, a winner replaces a
-    stored row only when it ranks higher, and merges are serialised (Dagster pool + file lock).
+    unique by construction: per key only the batch's best row is applied, it replaces a stored
+    row only when it ranks at least as high, and merges are serialised (Dagster pool + lock).
+
+    The rows of the batch that are not applied (`merge_skip`) are found without ranking the
+    whole batch: only keys that occur more than once in it are ranked, and only keys already
+    stored are compared with their stored row. A batch row is (source_uri, etag, line_number).
     """
     table = ident(target.table)
     cols = list(target.columns)
@@ -58,8 +62,10 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
     if "updated_at" in _table_columns(con, target.table) and "updated_at" not in cols:
         cols.append("updated_at")
         select += ", landed_at AS updated_at"
-    key = ", ".join(ident(k) for k in target.key)
-    same_key = " AND ".join(f"t.{ident(k)} = w.{ident(k)}" for k in target.key)
+    key_cols = [ident(k) for k in target.key]
+    key = ", ".join(key_cols)
+    same_key = " AND ".join(f"t.{k} = w.{k}" for k in key_cols)
+    batch_keyed = f"(SELECT {select}, etag FROM batch)"
     prune = ""
     if target.prune_column:
         # Stored rows outside the batch's range of this column cannot match: DuckDB's min/max
@@ -73,23 +79,42 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
             prune = f" AND {col} >= '{low.isoformat()}' AND {col} <= '{high.isoformat()}'"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE merge_winners AS
-        SELECT w.* FROM (
-            SELECT {select}, etag AS merge_etag FROM batch
-            QUALIFY row_number() OVER (PARTITION BY {key} ORDER BY {_rank_order(target)}) = 1
-        ) w
-        LEFT JOIN (SELECT * FROM {table} t WHERE true {prune}) t ON {same_key}
-        -- new keys, and keys where the incoming row outranks the stored one
-        WHERE t.{ident(target.key[0])} IS NULL OR {_outranks(target, "w", "t")}
+        CREATE OR REPLACE TEMP TABLE merge_skip AS
+        -- within the batch, every row of a repeated key but the best one
+        SELECT source_uri, etag, line_number FROM (
+            SELECT source_uri, etag, line_number,
+                   row_number() OVER (PARTITION BY {key} ORDER BY {_rank_order(target)}) AS rank
+            FROM {batch_keyed} b
+            SEMI JOIN (SELECT {key} FROM {batch_keyed} GROUP BY ALL HAVING count(*) > 1) USING ({key})
+        ) WHERE rank > 1
+        UNION
+        -- rows whose stored row ranks higher (an equal one is the same row merged again)
+        SELECT w.source_uri, w.etag, w.line_number
+        FROM {batch_keyed} w JOIN (SELECT * FROM {table} t WHERE true {prune}) t ON {same_key}
+        WHERE NOT {_outranks(target, "w", "t")}
         """
     )
-    con.execute(f"DELETE FROM {table} t USING merge_winners w WHERE {same_key}{prune}")
+    applied = (
+        f"(SELECT * FROM {batch_keyed} ANTI JOIN merge_skip USING (source_uri, etag, line_number))"
+    )
+    replaces_stored = con.execute(
+        f"SELECT count(*) > 0 FROM {applied} w JOIN (SELECT {key} FROM {table} t WHERE true {prune}) t ON {same_key}"
+    ).fetchall()[0][0]
+    if replaces_stored:
+        con.execute(f"DELETE FROM {table} t USING {applied} w WHERE {same_key}{prune}")
     col_list = ", ".join(ident(c) for c in cols)
-    con.execute(f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM merge_winners")
+    con.execute(f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {applied}")
+    # rows loaded per file: the file's rows in the batch, less those not applied
     counts = con.execute(
-        "SELECT source_uri, merge_etag, count(*) FROM merge_winners GROUP BY ALL"
+        """
+        SELECT source_uri, etag, count(*) - coalesce(any_value(skipped), 0)
+        FROM batch LEFT JOIN (
+            SELECT source_uri, etag, count(*) AS skipped FROM merge_skip GROUP BY ALL
+        ) USING (source_uri, etag)
+        GROUP BY ALL
+        """
     ).fetchall()
-    con.execute("DROP TABLE merge_winners")
+    con.execute("DROP TABLE merge_skip")
     return {(uri, etag): n for uri, etag, n in counts}
 
 

@@ -1,14 +1,16 @@
-"""DuckDB SQL that turns one landed file into a `staged` table of raw field strings.
+"""DuckDB SQL that reads one landed file as its records, each with its line number and raw text.
 
-The staged table has one row per physical record of the file:
+`open_records` gives SQL with one row per physical record of the file:
   line_number  BIGINT   line (NDJSON) or record (CSV, header = 1) number in the file
   raw          VARCHAR  the record's text as a person would see it
   error        VARCHAR  why the record cannot be read at all (bad JSON, wrong field count...)
   <field>      VARCHAR  each declared field, as text (NULL when absent)
-  <extras>     JSON     every key/column that is not a declared field
+  <extras>     JSON     every key/column that is not a declared field (readable records only)
 
-Typing and row rules are applied afterwards (validation.py), so every record of the file is here
-and can be accounted for: rows_read = count(*) of `staged`.
+NDJSON streams: the lines come from reading.ndjson_lines as Arrow batches, and nothing of the
+file is kept once read. A CSV file is read by DuckDB's CSV reader into a temp table first (its
+good records get their line numbers from the rejected ones). Typing and row rules are applied
+afterwards (validation.py), so every record of the file is here and can be accounted for.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from ingest_pipeline.reading import (
     write_plain,
 )
 
-__all__ = ["UnsupportedFile", "StageResult", "stage_file", "detect_shape", "extras_sql"]
+__all__ = ["UnsupportedFile", "Records", "open_records", "detect_shape", "NdjsonFileCheck"]
 
 FileFormat = Literal["ndjson", "csv"]
 
@@ -176,115 +178,85 @@ def _fresh_rejects(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
 
 
-def extras_sql(feed: FeedSpec, shape: FileShape) -> str:
-    """SQL over `staged` giving the JSON of the keys/columns that are not declared fields."""
-    if shape.file_format == "csv":
-        return ident(feed.extras_column)
-    # json_merge_patch with nulls removes the declared keys: what is left are the extras.
-    remove_declared = sql_str("{" + ", ".join(f'"{f}": null' for f in feed.field_names) + "}")
-    return f"json_merge_patch(raw, {remove_declared})"
+def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
+    """SQL over the Arrow line batches registered as `lines`: each line checked, its fields and
+    extras taken (only for the lines that are JSON objects).
 
-
-def stage_ndjson(con: duckdb.DuckDBPyConnection, content: FileBytes, feed: FeedSpec) -> None:
-    """Temp table `staged` from an NDJSON file: one row per line, checked and its fields taken."""
+    A readable line keeps its line end (LF or CRLF) in `raw`: JSON allows it as whitespace and
+    not copying a million strings to drop one byte saves time; the quarantine strips it
+    (strip_line_end). The common case, a valid JSON object, is tested first and alone.
+    """
     fields = feed.field_names
     paths = "[" + ", ".join(sql_str(_json_path(f)) for f in fields) + "]"
     field_cols = ",\n".join(
         f"CASE WHEN error IS NULL THEN extracted[{i + 1}] END AS {ident(f)}"
         for i, f in enumerate(fields)
     )
-    line_batches = pa.RecordBatchReader.from_batches(
-        LINE_SCHEMA,
-        ndjson_lines(content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT),
-    )
-    con.register("line_batches", line_batches)
-    try:
-        con.execute(
-            f"""
-            CREATE OR REPLACE TEMP TABLE staged AS
-            WITH decoded AS (
-                SELECT line_number, overlong_bytes, raw AS bytes, try(decode(raw)) AS text
-                FROM line_batches
-            ),
-            lines AS (
-                SELECT line_number, overlong_bytes, text IS NULL AS not_utf8,
-                    -- the line end (LF or CRLF) is not part of the record, nor a UTF-8 byte
-                    -- order mark of the first line; bytes that are not UTF-8 are shown as \\xNN
-                    CASE
-                        WHEN text IS NULL THEN rtrim(bytes::VARCHAR, '\\x0A')
-                        WHEN suffix(text, chr(13) || chr(10)) THEN left(text, -2)
-                        WHEN suffix(text, chr(10)) THEN left(text, -1)
-                        ELSE text
-                    END AS line_text,
-                    CASE WHEN line_number = 1 THEN ltrim(line_text, chr(65279)) ELSE line_text END
-                        AS raw
-                FROM decoded
-            ),
-            checked AS (
-                SELECT line_number, raw,
-                    CASE
-                        WHEN overlong_bytes IS NOT NULL THEN
-                            'line is longer than the parser''s limit of {MAX_LINE_BYTES} bytes ('
-                            || overlong_bytes || ' bytes): split the record or send it through '
-                            || 'the API in smaller records'
-                        WHEN not_utf8 THEN 'line is not valid UTF-8 (the bytes that are not '
-                            || 'UTF-8 are shown as \\xNN): re-export the file as UTF-8'
-                        WHEN trim(raw) = '' THEN 'empty line: each line must be one JSON object'
-                        WHEN contains(raw, chr(0)) THEN
-                            'line contains NUL bytes (\\0), which JSON does not allow'
-                        WHEN NOT json_valid(raw) THEN {sql_str(INVALID_JSON)}
-                        -- valid JSON starting with a brace is an object; json_type for others
-                        WHEN NOT starts_with(ltrim(raw), '{{') THEN
-                            'line is JSON but not an object (it is ' || lower(json_type(raw))
-                            || '): each line must be one JSON object'
-                    END AS error
-                FROM lines
-            )
-            SELECT line_number, raw, error,
-                {field_cols},
-                -- extras are built only for the rows that reach bronze: see extras_sql()
-                NULL::JSON AS {ident(feed.extras_column)}
-            FROM (
-                SELECT *,
-                       CASE WHEN error IS NULL THEN json_extract_string(raw, {paths}) END
-                           AS extracted
-                FROM checked
-            )
-            """
+    # json_merge_patch with nulls removes the declared keys: what is left are the extras.
+    remove_declared = sql_str("{" + ", ".join(f'"{f}": null' for f in fields) + "}")
+    return f"""
+        WITH decoded AS (
+            -- (a UTF-8 byte order mark was dropped by the reader)
+            SELECT line_number, overlong_bytes, raw AS bytes, try(decode(raw)) AS text
+            FROM {lines}
+        ),
+        checked AS (
+            SELECT line_number, bytes, text,
+                CASE
+                    WHEN overlong_bytes IS NOT NULL THEN
+                        'line is longer than the parser''s limit of {MAX_LINE_BYTES} bytes ('
+                        || overlong_bytes || ' bytes): split the record or send it through the '
+                        || 'API in smaller records'
+                    WHEN text IS NULL THEN 'line is not valid UTF-8 (the bytes that are not '
+                        || 'UTF-8 are shown as \\xNN): re-export the file as UTF-8'
+                    WHEN json_valid(text) AND NOT contains(text, chr(0)) THEN CASE
+                        WHEN starts_with(text, '{{') OR json_type(text) = 'OBJECT' THEN NULL
+                        ELSE 'line is JSON but not an object (it is ' || lower(json_type(text))
+                            || '): each line must be one JSON object' END
+                    WHEN contains(text, chr(0)) THEN
+                        'line contains NUL bytes (\\0), which JSON does not allow'
+                    WHEN regexp_full_match(text, '\\s*') THEN
+                        'empty line: each line must be one JSON object'
+                    ELSE {sql_str(INVALID_JSON)}
+                END AS error
+            FROM decoded
         )
-    finally:
-        con.unregister("line_batches")
-    _describe_invalid_json(con)
+        SELECT line_number,
+            CASE WHEN text IS NOT NULL THEN text
+                -- not UTF-8: every byte readable, the others shown as \\xNN; the cast escapes
+                -- " ' \\ too: show them as they are (backslash last)
+                ELSE replace(replace(replace(
+                    regexp_replace(bytes::VARCHAR, '(\\\\x0D)?\\\\x0A$', ''),
+                    '\\x22', '"'), '\\x27', ''''), '\\x5C', '\\') END AS raw,
+            error,
+            {field_cols},
+            CASE WHEN error IS NULL THEN json_merge_patch(text, {remove_declared}) END
+                AS {ident(feed.extras_column)}
+        FROM (
+            SELECT *,
+                   CASE WHEN error IS NULL THEN json_extract_string(text, {paths}) END AS extracted
+            FROM checked
+        )
+        """
 
 
-def _describe_invalid_json(con: duckdb.DuckDBPyConnection) -> None:
-    """Say where each invalid JSON line breaks (Python's decoder reports the position).
+def strip_line_end(raw: pa.Array) -> pa.Array:
+    """The records' text without a final LF or CRLF (which is not part of the record)."""
+    import pyarrow.compute as pc
 
-    Runs over rejected lines only, and at most DESCRIBE_JSON_ERRORS of them.
-    """
-    rows = con.execute(
-        "SELECT line_number, raw FROM staged WHERE error = ? ORDER BY line_number LIMIT ?",
-        [INVALID_JSON, DESCRIBE_JSON_ERRORS],
-    ).fetchall()
-    if not rows:
-        return
-    described = []
-    for line_number, raw in rows:
-        try:
-            json.loads(raw)
-        except ValueError as exc:
-            msg = getattr(exc, "msg", str(exc))
-            col = getattr(exc, "colno", None)
-            near = raw[max(0, (col or 1) - 11) : (col or 1) + 10] if col else ""
-            described.append((line_number, f"invalid JSON at column {col}: {msg} (near {near!r})"))
-        else:  # DuckDB and Python disagree (e.g. NaN): keep the general reason
-            described.append((line_number, INVALID_JSON))
-    con.execute("CREATE OR REPLACE TEMP TABLE json_errors (line_number BIGINT, reason VARCHAR)")
-    con.executemany("INSERT INTO json_errors VALUES (?, ?)", described)
-    con.execute(
-        "UPDATE staged SET error = j.reason FROM json_errors j "
-        "WHERE staged.line_number = j.line_number"
-    )
+    return pc.replace_substring_regex(raw, pattern="\\r?\\n$", replacement="")
+
+
+def describe_invalid_json(raw: str) -> str:
+    """Where an invalid JSON line breaks (Python's decoder reports the position)."""
+    try:
+        json.loads(raw)
+    except ValueError as exc:
+        msg = getattr(exc, "msg", str(exc))
+        col = getattr(exc, "colno", None)
+        near = raw[max(0, (col or 1) - 11) : (col or 1) + 10] if col else ""
+        return f"invalid JSON at column {col}: {msg} (near {near!r})"
+    return INVALID_JSON  # DuckDB and Python disagree (e.g. NaN): keep the general reason
 
 
 def read_csv_header(path: Path) -> list[str]:
@@ -416,44 +388,51 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> Non
     con.execute("DROP TABLE csv_rows; DROP TABLE not_records")
 
 
-@dataclass(frozen=True)
-class StageResult:
-    shape: FileShape
-    # The file as a whole is wrong (one JSON document, only NUL bytes): nothing in it loads.
-    file_error: str | None = None
-    # The file is damaged part way (truncated gzip): the records before the damage were staged.
-    damage: str | None = None
+class NdjsonFileCheck:
+    """Whether an NDJSON file as a whole is wrong (one JSON array or pretty-printed document,
+    only NUL bytes), from counts gathered chunk by chunk as the records stream past."""
 
+    def __init__(self) -> None:
+        self.total = 0
+        self.objects = 0
+        self.nul_only = 0
+        self.first_text: str | None = None  # the first non-blank line, left-trimmed
 
-def _ndjson_file_error(con: duckdb.DuckDBPyConnection) -> str | None:
-    objects, total = con.execute(
-        "SELECT count(*) FILTER (WHERE error IS NULL), count(*) FROM staged"
-    ).fetchall()[0]
-    if objects * 2 >= total:
-        return None  # mostly good lines: per-line reasons say it best
-    nul_lines, first_text = con.execute(
-        """
-        SELECT count(*) FILTER (WHERE regexp_full_match(raw, '\x00+')),
-               first(ltrim(raw) ORDER BY line_number) FILTER (WHERE trim(raw) <> '')
-        FROM staged
-        """
-    ).fetchall()[0]
-    if total and nul_lines == total:
-        return (
-            "the file contains only NUL bytes (an upload that failed or was pre-allocated): "
-            "send the file again"
-        )
-    if first_text is not None and first_text.startswith("["):
-        return (
-            "the file is one JSON array, not one JSON object per line: "
-            "each line must be one JSON object"
-        )
-    if objects == 0 and first_text is not None and first_text.startswith("{") and total > 1:
-        return (
-            "the file is one multi-line (pretty-printed) JSON document: "
-            "each line must be one JSON object"
-        )
-    return None
+    def add(self, chunk: pa.Table) -> None:
+        import pyarrow.compute as pc
+
+        self.total += chunk.num_rows
+        bad = chunk.filter(pc.is_valid(chunk["error"]))
+        self.objects += chunk.num_rows - bad.num_rows
+        if bad.num_rows:
+            nul = pc.match_substring_regex(bad["raw"], "^\x00+\r?\n?$")
+            self.nul_only += pc.sum(nul.cast(pa.int64())).as_py() or 0
+        if self.first_text is None:
+            stripped = pc.utf8_ltrim_whitespace(chunk["raw"])
+            non_blank = stripped.filter(pc.greater(pc.utf8_length(stripped), 0))
+            if len(non_blank):
+                self.first_text = non_blank[0].as_py()[:1]
+
+    def verdict(self) -> str | None:
+        """The reason the whole file is refused, or None (then per-line reasons say it best)."""
+        if self.objects * 2 >= self.total:
+            return None
+        if self.total and self.nul_only == self.total:
+            return (
+                "the file contains only NUL bytes (an upload that failed or was pre-allocated): "
+                "send the file again"
+            )
+        if self.first_text == "[":
+            return (
+                "the file is one JSON array, not one JSON object per line: "
+                "each line must be one JSON object"
+            )
+        if self.objects == 0 and self.first_text == "{" and self.total > 1:
+            return (
+                "the file is one multi-line (pretty-printed) JSON document: "
+                "each line must be one JSON object"
+            )
+        return None
 
 
 def normalize_line_ends(path: Path, dest: Path) -> None:
@@ -491,35 +470,68 @@ def _damage_reason(content: FileBytes) -> str:
     )
 
 
-def stage_file(
-    con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: FeedSpec
-) -> StageResult:
-    """Create temp table `staged` from the local file at `path` (`name` gives its format)."""
-    shape = detect_shape(name)
-    content = FileBytes(path, shape.compression)
-    if shape.file_format == "ndjson":
-        stage_ndjson(con, content, feed)
-    elif shape.compression == "none":
-        _stage_plain_csv(con, path, feed)
-    else:
-        plain = path.with_name(path.name + ".csv")
-        try:
-            write_plain(content, plain)
-            if content.damage:
-                cut_after_last_line(plain)
-                if not read_csv_header(plain):
-                    raise UnsupportedFile(_damage_reason(content) + " (no complete header row)")
-            _stage_plain_csv(con, plain, feed)
-        finally:
-            plain.unlink(missing_ok=True)
-    damage = None
-    if content.damage:
-        damage = _damage_reason(content)
-        # The damaged tail is one more record, in the quarantine with the reason.
-        con.execute(
-            "INSERT INTO staged (line_number, raw, error) "
-            "SELECT coalesce(max(line_number), ?) + 1, '', ? FROM staged",
-            [1 if shape.file_format == "csv" else 0, damage],
+@dataclass
+class Records:
+    """The records of one landed file as SQL (see the module docstring for the columns).
+
+    `sql()` may be called again for a second read (NDJSON streams are read afresh). `damage`
+    says what is wrong with a gzip stream that stopped part way; for NDJSON it is known once the
+    records have been read.
+    """
+
+    shape: FileShape
+    path: Path
+    feed: FeedSpec
+    _content: FileBytes | None = None
+    _csv_damage: str | None = None
+
+    def sql(self, con: duckdb.DuckDBPyConnection) -> str:
+        if self.shape.file_format == "csv":
+            return "SELECT * FROM staged"
+        self._content = FileBytes(self.path, self.shape.compression)
+        con.register(
+            "ndjson_lines",
+            pa.RecordBatchReader.from_batches(
+                LINE_SCHEMA,
+                ndjson_lines(
+                    self._content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT
+                ),
+            ),
         )
-    file_error = _ndjson_file_error(con) if shape.file_format == "ndjson" else None
-    return StageResult(shape=shape, file_error=file_error, damage=damage)
+        return _ndjson_sql(self.feed, "ndjson_lines")
+
+    @property
+    def damage(self) -> str | None:
+        if self._csv_damage is not None:
+            return self._csv_damage
+        if self._content is not None and self._content.damage:
+            return _damage_reason(self._content)
+        return None
+
+
+def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: FeedSpec) -> Records:
+    """The records of the local file at `path` (`name` gives its format).
+
+    Raises UnsupportedFile for a file that cannot be read at all (extension, not gzip, CSV
+    without a header). A CSV file is read here into temp table `staged`; NDJSON when the SQL runs.
+    """
+    shape = detect_shape(name)
+    records = Records(shape, path, feed)
+    if shape.file_format == "ndjson":
+        return records
+    if shape.compression == "none":
+        _stage_plain_csv(con, path, feed)
+        return records
+    content = FileBytes(path, shape.compression)
+    plain = path.with_name(path.name + ".csv")
+    try:
+        write_plain(content, plain)
+        if content.damage:
+            cut_after_last_line(plain)
+            records._csv_damage = _damage_reason(content)
+            if not read_csv_header(plain):
+                raise UnsupportedFile(records._csv_damage + " (no complete header row)")
+        _stage_plain_csv(con, plain, feed)
+    finally:
+        plain.unlink(missing_ok=True)
+    return records

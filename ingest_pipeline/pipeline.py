@@ -111,8 +111,9 @@ def ingest_to_bronze(
             if report.bronze_path is not None:
                 bronze_uri = bronze_key(feed, source)
                 lake.put(bronze_uri, report.bronze_path)
-            if report.rejects.num_rows:
-                _write_quarantine(report, lake, quarantine_key(feed, source), work)
+            if report.quarantine_path is not None:
+                # already in the lake's quarantine layout (line, raw, reason, source, etag, feed)
+                lake.put(quarantine_key(feed, source), report.quarantine_path)
             with warehouse.connect(warehouse_path) as con:
                 ledger.record_parsed(
                     con,
@@ -135,22 +136,6 @@ class IngestAborted(Exception):
     def __init__(self, message: str, outcome: BronzeOutcome) -> None:
         super().__init__(message)
         self.outcome = outcome
-
-
-def _write_quarantine(report: FileReport, lake: LandingZone, key: str, work: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    src = report.source
-    n = report.rejects.num_rows
-    table = (
-        report.rejects.append_column("source_uri", pa.array([src.uri] * n))
-        .append_column("etag", pa.array([src.etag] * n))
-        .append_column("feed", pa.array([report.feed] * n))
-    )
-    path = work / "quarantine.parquet"
-    pq.write_table(table, path)
-    lake.put(key, path)
 
 
 @dataclass

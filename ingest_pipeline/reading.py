@@ -23,6 +23,7 @@ from zlib_ng import zlib_ng
 READ_BYTES = 1 << 20  # compressed bytes read at a time
 GZIP_WBITS = 31  # gzip header and trailer (CRC-32, size), any window size
 GZIP_MAGIC = b"\x1f\x8b"
+UTF8_BOM = b"\xef\xbb\xbf"
 
 LINE_SCHEMA = pa.schema(
     [
@@ -125,7 +126,7 @@ def ndjson_lines(
     carry = b""
     skipping: int | None = None  # bytes seen so far of an over-long line being skipped
     skipped_head = b""
-    for chunk in content:
+    for chunk in _without_bom(content):
         if skipping is not None:
             cut = chunk.find(b"\n")
             if cut < 0:
@@ -179,6 +180,19 @@ def _slice(
 
 def _single(line_number: int, head: bytes, size: int) -> pa.RecordBatch:
     return _batch(line_number, np.array([0, len(head)], np.int64), head, [size])
+
+
+def _without_bom(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """The chunks without a UTF-8 byte order mark at the very start (it is not part of the
+    first record, whether or not that record is valid UTF-8)."""
+    head = b""
+    stream = iter(chunks)
+    for chunk in stream:
+        head += chunk
+        if len(head) >= len(UTF8_BOM):
+            break
+    yield head[len(UTF8_BOM) :] if head.startswith(UTF8_BOM) else head
+    yield from stream
 
 
 def write_plain(chunks: Iterable[bytes], dest: Path) -> None:

@@ -112,6 +112,17 @@ def test_each_ndjson_corruption_is_quarantined_with_its_reason(
     assert_accounted(report)
 
 
+def test_a_line_that_is_not_utf8_keeps_every_byte_readable(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8 are shown as \\xNN; everything else as it is in the file (quotes,
+    backslashes, a trailing 'A' or '0' that a careless strip of '\\x0A' would eat); the CRLF
+    line end is not part of the record."""
+    bad = b'{"event_text": "caf\xe9 \\"DATA\\"", "contact_key": "it\'s"} 0A\r\n'
+    report = run(tmp_path, "f.jsonl", line(1) + bad + line(3))
+    assert raws(report)[2] == '{"event_text": "caf\\xE9 \\"DATA\\"", "contact_key": "it\'s"} 0A'
+    assert "not valid UTF-8" in reasons(report)[2]
+    assert_accounted(report)
+
+
 def test_invalid_json_says_where(tmp_path: Path) -> None:
     report = run(tmp_path, "f.jsonl", line(1) + b'{"event_text": "x",, "contact_key": "c"}\n')
     assert reasons(report)[2].startswith("invalid JSON at column 20: Expecting property name")

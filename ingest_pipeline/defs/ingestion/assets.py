@@ -122,10 +122,11 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         for r in reports:
             if r.status == "failed":
                 context.log.warning(f"{r.source.uri}: {r.error}")
-        rejects = [r for r in reports if r.rejects.num_rows]
+        rejects = [r for r in reports if r.rows_rejected]
         sample = (
             "\n\n".join(
-                f"**{r.source.uri}**\n\n{rejects_sample(r.rejects, 5)}" for r in rejects[:5]
+                f"**{r.source.uri}**\n\n{rejects_sample(r.rejects_head, 5, r.rows_rejected)}"
+                for r in rejects[:5]
             )
             or "No rejected rows."
         )
