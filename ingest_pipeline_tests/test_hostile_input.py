@@ -389,6 +389,14 @@ def test_validate_and_preview_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     ]
     assert lines[2].split("\t")[:4] == ["1", "opened", "1767225601", "c1"]
     assert '"plan":"pro"' in lines[2]
+    csv_file = folder / "good.csv.gz"
+    csv_file.write_bytes(
+        gzip.compress(b"event_text,event_timestamp,contact_key,plan\nopened,1767225601,c1,pro\n")
+    )
+    csv_preview = cli("preview", str(csv_file)).stdout.splitlines()
+    assert csv_preview[0].startswith(f"{csv_file}: csv, compression gzip")
+    assert csv_preview[2].split("\t")[:4] == ["2", "opened", "1767225601", "c1"]
+    assert '"plan":"pro"' in csv_preview[2]
     assert not wh.exists()  # nothing was written to the warehouse
 
 
