@@ -11,16 +11,6 @@ from typing import Literal
 
 FieldKind = Literal["string", "email", "unix_seconds", "timestamp", "boolean", "number"]
 
-# DuckDB type each field kind is cast to.
-SQL_TYPES: dict[str, str] = {
-    "string": "VARCHAR",
-    "email": "VARCHAR",
-    "unix_seconds": "TIMESTAMPTZ",
-    "timestamp": "TIMESTAMPTZ",
-    "boolean": "BOOLEAN",
-    "number": "DOUBLE",
-}
-
 
 @dataclass(frozen=True)
 class FieldSpec:
@@ -69,10 +59,6 @@ class FeedSpec:
     @property
     def primary_target(self) -> TargetSpec:
         return self.targets[0]
-
-    def bronze_columns(self) -> list[tuple[str, str]]:
-        """(name, DuckDB type) of the feed-specific columns of a bronze row."""
-        return [(f.name, SQL_TYPES[f.kind]) for f in self.fields] + [(self.extras_column, "JSON")]
 
 
 def same_named(*columns: str) -> dict[str, str]:
