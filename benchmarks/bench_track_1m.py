@@ -323,7 +323,7 @@ S_WH_CLOSE = "15 warehouse: close (checkpoint)"
 
 def _warehouse_label(sql: str) -> str:
     s = " ".join(sql.split())
-    if "merge_winners AS" in s or "batch_losers AS" in s or "merge_skip AS" in s:
+    if "merge_stored AS" in s or "merge_skip AS" in s or "bool_or(replaces)" in s:
         return S_MERGE_RANK
     if s.startswith(("INSERT INTO", "DELETE FROM")) and "ingested_files" not in s:
         return S_MERGE_WRITE

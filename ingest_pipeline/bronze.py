@@ -34,21 +34,22 @@ from ingest_pipeline.feeds import FeedSpec, FieldSpec
 from ingest_pipeline.parsing import (
     DESCRIBE_JSON_ERRORS,
     INVALID_JSON,
-    RAW_TEXT_LIMIT,
     NdjsonFileCheck,
     Records,
     UnsupportedFile,
     describe_invalid_json,
     ident,
     open_records,
+    quarantine_raw,
+    quarantine_raw_sql,
     sql_str,
-    strip_line_end,
 )
 from ingest_pipeline.validation import (
     MAX_UNIX_SECONDS,
     TYPE_NAMES,
     RowValidator,
     typed_column,
+    typed_sql,
     validation_columns_sql,
 )
 
@@ -146,7 +147,7 @@ def _records_query(feed: FeedSpec, records_sql: str) -> str:
     select = ["line_number", "raw", "error", *validation_columns_sql(feed)]
     for f in feed.fields:
         if f.kind == "unix_seconds":
-            seconds = f"TRY_CAST(nullif(trim({ident(f.name)}), '') AS DOUBLE)"
+            seconds = typed_sql(f)
             select.append(
                 f"CASE WHEN {seconds} >= 0 AND {seconds} < {MAX_UNIX_SECONDS} "
                 f"THEN to_timestamp({seconds}) END AS {ident(_timestamp_column(f))}"
@@ -218,7 +219,7 @@ class _Quarantine:
         table = pa.table(
             [
                 line_numbers,
-                pc.utf8_slice_codeunits(strip_line_end(raw.cast(pa.string())), 0, RAW_TEXT_LIMIT),
+                quarantine_raw(raw.cast(pa.string())),
                 reasons.cast(pa.string()),
                 _constant(self.source.uri, pa.string(), n),
                 _constant(self.source.etag, pa.string(), n),
@@ -359,8 +360,7 @@ def _stream(
                 done.result()
     finally:
         handler.close()
-        if records.shape.file_format == "ndjson":
-            con.unregister("ndjson_lines")
+        records.release(con)
     return handler.found
 
 
@@ -408,9 +408,8 @@ def _quarantine_everything(
         f"{sql_str(src.uri)} AS source_uri, {sql_str(src.etag)} AS etag, "
         f"{sql_str(report.feed)} AS feed"
     )
-    raw = f"left(regexp_replace(raw, '\\r?\\n$', ''), {RAW_TEXT_LIMIT})"  # see strip_line_end
     everything = (
-        f"SELECT line_number, {raw} AS raw, $reason AS reason, {constants} "
+        f"SELECT line_number, {quarantine_raw_sql('raw')} AS raw, $reason AS reason, {constants} "
         f"FROM ({records.sql(con)})"
     )
     if keep_reasons and report.quarantine_path is not None:
@@ -429,8 +428,7 @@ def _quarantine_everything(
         "(FORMAT parquet, COMPRESSION snappy)",
         {"reason": new_reason},
     )
-    if records.shape.file_format == "ndjson":
-        con.unregister("ndjson_lines")
+    records.release(con)
     rewritten.replace(quarantine_path)
     report.quarantine_path = quarantine_path
     report.rows_rejected = pq.ParquetFile(quarantine_path).metadata.num_rows

@@ -158,6 +158,7 @@ def _cmd_preview(args: argparse.Namespace) -> int:
             f"SELECT {', '.join(ident(c) for c in columns)} FROM ({records.sql(con)}) "
             f"LIMIT {int(args.rows)}"
         ).fetchall()
+        records.release(con)
         damage = records.damage
         con.close()
     shape = records.shape

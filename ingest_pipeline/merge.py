@@ -77,6 +77,15 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
         if low is not None:
             col = f"t.{ident(target.prune_column)}"
             prune = f" AND {col} >= '{low.isoformat()}' AND {col} <= '{high.isoformat()}'"
+    # The batch rows whose key is stored, and whether each ranks at least as high as the
+    # stored row (an equal one is the same row merged again): the one join with stored rows.
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE merge_stored AS
+        SELECT w.source_uri, w.etag, w.line_number, {_outranks(target, "w", "t")} AS replaces
+        FROM {batch_keyed} w JOIN (SELECT * FROM {table} t WHERE true {prune}) t ON {same_key}
+        """
+    )
     con.execute(
         f"""
         CREATE OR REPLACE TEMP TABLE merge_skip AS
@@ -88,19 +97,16 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
             SEMI JOIN (SELECT {key} FROM {batch_keyed} GROUP BY ALL HAVING count(*) > 1) USING ({key})
         ) WHERE rank > 1
         UNION
-        -- rows whose stored row ranks higher (an equal one is the same row merged again)
-        SELECT w.source_uri, w.etag, w.line_number
-        FROM {batch_keyed} w JOIN (SELECT * FROM {table} t WHERE true {prune}) t ON {same_key}
-        WHERE NOT {_outranks(target, "w", "t")}
+        -- rows whose stored row ranks higher
+        SELECT source_uri, etag, line_number FROM merge_stored WHERE NOT replaces
         """
     )
     applied = (
         f"(SELECT * FROM {batch_keyed} ANTI JOIN merge_skip USING (source_uri, etag, line_number))"
     )
-    replaces_stored = con.execute(
-        f"SELECT count(*) > 0 FROM {applied} w JOIN (SELECT {key} FROM {table} t WHERE true {prune}) t ON {same_key}"
-    ).fetchall()[0][0]
-    if replaces_stored:
+    # A batch row that outranks its stored row means the key's best row does too: that stored
+    # row is replaced. Without one, the DELETE (another join with the table) is not needed.
+    if con.execute("SELECT bool_or(replaces) FROM merge_stored").fetchall()[0][0]:
         con.execute(f"DELETE FROM {table} t USING {applied} w WHERE {same_key}{prune}")
     col_list = ", ".join(ident(c) for c in cols)
     con.execute(f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {applied}")
@@ -114,7 +120,7 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
         GROUP BY ALL
         """
     ).fetchall()
-    con.execute("DROP TABLE merge_skip")
+    con.execute("DROP TABLE merge_skip; DROP TABLE merge_stored")
     return {(uri, etag): n for uri, etag, n in counts}
 
 

@@ -24,6 +24,7 @@ from typing import Literal
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.reading import (
@@ -184,7 +185,7 @@ def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
 
     A readable line keeps its line end (LF or CRLF) in `raw`: JSON allows it as whitespace and
     not copying a million strings to drop one byte saves time; the quarantine strips it
-    (strip_line_end). The common case, a valid JSON object, is tested first and alone.
+    (quarantine_raw). The common case, a valid JSON object, is tested first and alone.
     """
     fields = feed.field_names
     paths = "[" + ", ".join(sql_str(_json_path(f)) for f in fields) + "]"
@@ -240,11 +241,16 @@ def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
         """
 
 
-def strip_line_end(raw: pa.Array) -> pa.Array:
-    """The records' text without a final LF or CRLF (which is not part of the record)."""
-    import pyarrow.compute as pc
+def quarantine_raw(raw: pa.Array) -> pa.Array:
+    """A record's text as the quarantine keeps it: without its line end (LF or CRLF, which is
+    not part of the record) and at most RAW_TEXT_LIMIT characters."""
+    without_end = pc.replace_substring_regex(raw, pattern="\\r?\\n$", replacement="")
+    return pc.utf8_slice_codeunits(without_end, 0, RAW_TEXT_LIMIT)
 
-    return pc.replace_substring_regex(raw, pattern="\\r?\\n$", replacement="")
+
+def quarantine_raw_sql(column: str) -> str:
+    """quarantine_raw in SQL, for a second read done by DuckDB."""
+    return f"left(regexp_replace({column}, '\\r?\\n$', ''), {RAW_TEXT_LIMIT})"
 
 
 def describe_invalid_json(raw: str) -> str:
@@ -399,8 +405,6 @@ class NdjsonFileCheck:
         self.first_text: str | None = None  # the first non-blank line, left-trimmed
 
     def add(self, chunk: pa.Table) -> None:
-        import pyarrow.compute as pc
-
         self.total += chunk.num_rows
         bad = chunk.filter(pc.is_valid(chunk["error"]))
         self.objects += chunk.num_rows - bad.num_rows
@@ -470,43 +474,38 @@ def _damage_reason(content: FileBytes) -> str:
     )
 
 
+# The view the NDJSON records SQL reads its Arrow line batches from.
+NDJSON_LINES_VIEW = "ndjson_lines"
+
+
 @dataclass
 class Records:
     """The records of one landed file as SQL (see the module docstring for the columns).
 
-    `sql()` may be called again for a second read (NDJSON streams are read afresh). `damage`
-    says what is wrong with a gzip stream that stopped part way; for NDJSON it is known once the
-    records have been read.
+    `sql()` may be called again for a second read (NDJSON streams are read afresh); `release()`
+    after each read. `damage` says what is wrong with a gzip stream that stopped part way; for
+    NDJSON it is known once the records have been read.
     """
 
     shape: FileShape
-    path: Path
     feed: FeedSpec
-    _content: FileBytes | None = None
-    _csv_damage: str | None = None
+    content: FileBytes
 
     def sql(self, con: duckdb.DuckDBPyConnection) -> str:
         if self.shape.file_format == "csv":
             return "SELECT * FROM staged"
-        self._content = FileBytes(self.path, self.shape.compression)
-        con.register(
-            "ndjson_lines",
-            pa.RecordBatchReader.from_batches(
-                LINE_SCHEMA,
-                ndjson_lines(
-                    self._content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT
-                ),
-            ),
-        )
-        return _ndjson_sql(self.feed, "ndjson_lines")
+        lines = ndjson_lines(self.content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT)
+        con.register(NDJSON_LINES_VIEW, pa.RecordBatchReader.from_batches(LINE_SCHEMA, lines))
+        return _ndjson_sql(self.feed, NDJSON_LINES_VIEW)
+
+    def release(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Forget the stream a read registered (a CSV file's table stays for a second read)."""
+        if self.shape.file_format == "ndjson":
+            con.unregister(NDJSON_LINES_VIEW)
 
     @property
     def damage(self) -> str | None:
-        if self._csv_damage is not None:
-            return self._csv_damage
-        if self._content is not None and self._content.damage:
-            return _damage_reason(self._content)
-        return None
+        return _damage_reason(self.content) if self.content.damage else None
 
 
 def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: FeedSpec) -> Records:
@@ -516,21 +515,19 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
     without a header). A CSV file is read here into temp table `staged`; NDJSON when the SQL runs.
     """
     shape = detect_shape(name)
-    records = Records(shape, path, feed)
+    records = Records(shape, feed, FileBytes(path, shape.compression))
     if shape.file_format == "ndjson":
         return records
     if shape.compression == "none":
         _stage_plain_csv(con, path, feed)
         return records
-    content = FileBytes(path, shape.compression)
     plain = path.with_name(path.name + ".csv")
     try:
-        write_plain(content, plain)
-        if content.damage:
+        write_plain(records.content, plain)
+        if records.damage:
             cut_after_last_line(plain)
-            records._csv_damage = _damage_reason(content)
             if not read_csv_header(plain):
-                raise UnsupportedFile(records._csv_damage + " (no complete header row)")
+                raise UnsupportedFile(f"{records.damage} (no complete header row)")
         _stage_plain_csv(con, plain, feed)
     finally:
         plain.unlink(missing_ok=True)

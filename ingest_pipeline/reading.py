@@ -4,9 +4,9 @@ Everything here streams in chunks, so memory stays bounded whatever the file siz
 
 * `FileBytes` yields a file's content (decompressed when it is gzip). A gzip stream that is cut
   short or corrupt (including a failed CRC) ends the iteration at the damage and says what is
-  wrong in `damage`; content that is not gzip at all is a whole-file error.
+  wrong in `damage`; content that is not gzip at all is refused when the file is opened.
 * `ndjson_lines` splits that content into lines with numpy and Arrow (no Python loop over lines)
-  and yields Arrow batches `(line_number, raw)` ready for DuckDB. A record ends at LF only: a lone
+  and yields Arrow batches (LINE_SCHEMA) ready for DuckDB. A record ends at LF only: a lone
   CR inside a line belongs to the line (DuckDB's CSV reader would split there). A line longer than
   `max_line_bytes` is cut to its first `keep_bytes` and reported, never buffered whole.
 """
@@ -50,17 +50,22 @@ class FileBytes:
         self.gzip = compression == "gzip"
         self.damage: str | None = None
         self.delivered = 0
+        if self.gzip:
+            # Checked here, not while streaming: a reader such as DuckDB's Arrow scan would wrap
+            # the exception in its own message and traceback.
+            with open(path, "rb") as src:
+                if src.read(len(GZIP_MAGIC)) != GZIP_MAGIC:
+                    raise UnsupportedFile(_not_gzip(path))
 
     def __iter__(self) -> Iterator[bytes]:
+        """The content from the start (each iteration reads the file afresh)."""
+        self.damage, self.delivered = None, 0
         with open(self.path, "rb") as src:
             if not self.gzip:
                 while chunk := src.read(READ_BYTES):
                     self.delivered += len(chunk)
                     yield chunk
                 return
-            if src.read(2) != GZIP_MAGIC:
-                raise UnsupportedFile(_not_gzip(self.path))
-            src.seek(0)
             yield from self._gunzip(src)
 
     def _gunzip(self, src) -> Iterator[bytes]:  # noqa: ANN001 - a binary file

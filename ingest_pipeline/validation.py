@@ -36,7 +36,7 @@ FAILURES_SCHEMA = pyarrow.schema([("line_number", pyarrow.int64()), ("reason", p
 
 
 def typed_sql(field: FieldSpec) -> str:
-    """SQL over the staged text column giving the typed value, NULL when it does not convert."""
+    """SQL over a record's field text giving the typed value, NULL when it does not convert."""
     col = f"nullif(trim({ident(field.name)}), '')"
     if field.kind == "unix_seconds":
         return f"TRY_CAST({col} AS DOUBLE)"
@@ -179,15 +179,20 @@ def _failing_rows(
     )
 
 
-def validation_columns_sql(feed: FeedSpec) -> list[str]:
-    """SELECT items over a record's field texts giving what the rules look at: each field
-    trimmed (blank as NULL) and, for typed fields, its typed value."""
-    select = []
+def _validation_columns(feed: FeedSpec) -> dict[str, str]:
+    """What the rules look at, by column name: each field trimmed (blank as NULL) and, for
+    typed fields, its typed value (SQL over a record's field texts)."""
+    columns = {}
     for field in feed.fields:
-        select.append(f"nullif(trim({ident(field.name)}), '') AS {ident(field.name)}")
+        columns[field.name] = f"nullif(trim({ident(field.name)}), '')"
         if field.kind in TYPE_NAMES:
-            select.append(f"{typed_sql(field)} AS {ident(typed_column(field))}")
-    return select
+            columns[typed_column(field)] = typed_sql(field)
+    return columns
+
+
+def validation_columns_sql(feed: FeedSpec) -> list[str]:
+    """SELECT items giving the columns RowValidator checks."""
+    return [f"{sql} AS {ident(name)}" for name, sql in _validation_columns(feed).items()]
 
 
 class RowValidator:
@@ -196,13 +201,7 @@ class RowValidator:
     def __init__(self, feed: FeedSpec) -> None:
         self.schema = row_rules_schema(feed)
         self.rules = {rule.name: rule for rule in row_rules(feed)}
-        self.columns = ["line_number"] + [
-            c
-            for field in feed.fields
-            for c in (
-                (field.name, typed_column(field)) if field.kind in TYPE_NAMES else (field.name,)
-            )
-        ]
+        self.columns = ["line_number", *_validation_columns(feed)]
 
     def failures(self, chunk: pyarrow.Table) -> pyarrow.Table:
         """(line_number, reason) of the chunk's rows that break a rule (the chunk holds the

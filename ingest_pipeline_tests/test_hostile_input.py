@@ -123,6 +123,19 @@ def test_a_line_that_is_not_utf8_keeps_every_byte_readable(tmp_path: Path) -> No
     assert_accounted(report)
 
 
+@pytest.mark.parametrize("name", ["f.jsonl.gz", "f.csv.gz"])
+def test_a_gz_name_on_content_that_is_not_gzip_fails_with_a_plain_reason(
+    tmp_path: Path, name: str
+) -> None:
+    """Refused when the file is opened: for NDJSON the check used to fire inside the stream
+    DuckDB reads, and the ledger got DuckDB's wrapper message with a Python traceback."""
+    report = run(tmp_path, name, line(1))
+    assert report.status == "failed"
+    assert report.error is not None
+    assert report.error.startswith("the file name ends in .gz/.gzip but its content is not gzip")
+    assert "Traceback" not in report.error and "ndjson_lines" not in report.error
+
+
 def test_invalid_json_says_where(tmp_path: Path) -> None:
     report = run(tmp_path, "f.jsonl", line(1) + b'{"event_text": "x",, "contact_key": "c"}\n')
     assert reasons(report)[2].startswith("invalid JSON at column 20: Expecting property name")

@@ -22,7 +22,9 @@ def split(path: Path, compression: str = "none", **limits: int) -> tuple[list, F
 
 
 def expected_lines(body: bytes) -> list[bytes]:
-    """LF-terminated lines, each with its LF; a last line without LF as it is."""
+    """LF-terminated lines, each with its LF; a last line without LF as it is; a UTF-8 byte
+    order mark opening the file is not part of the first line."""
+    body = body.removeprefix(reading.UTF8_BOM)
     pieces = body.split(b"\n")
     lines = [p + b"\n" for p in pieces[:-1]]
     if pieces[-1]:
