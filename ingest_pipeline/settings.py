@@ -23,6 +23,10 @@ class Settings:
     max_files_per_run: int
     max_runs_per_tick: int
     sensor_lookback_seconds: int
+    max_attempts: int
+    retry_delay_seconds: int
+    stuck_after_seconds: int
+    request_grace_seconds: int
 
 
 def _int_env(name: str, default: int) -> int:
@@ -57,4 +61,13 @@ def get_settings() -> Settings:
         # Objects whose LastModified is this far behind the newest one seen are still looked for,
         # so an upload that started earlier but finished later is not missed.
         sensor_lookback_seconds=_int_env("INGEST_SENSOR_LOOKBACK_SECONDS", 3600),
+        # A file is read at most this many times before it is `failed` for good (transient
+        # errors, runs that died while reading it); the wait doubles from the first delay.
+        max_attempts=_int_env("INGEST_MAX_ATTEMPTS", 4),
+        retry_delay_seconds=_int_env("INGEST_RETRY_DELAY_SECONDS", 30),
+        # A file not final after this long is reported as stuck (asset check, `status`).
+        stuck_after_seconds=_int_env("INGEST_STUCK_AFTER_SECONDS", 1800),
+        # How long a requested run may take to appear in the Dagster instance before the
+        # request counts as lost and its files are requested again.
+        request_grace_seconds=_int_env("INGEST_REQUEST_GRACE_SECONDS", 120),
     )

@@ -128,8 +128,19 @@ CREATE TABLE IF NOT EXISTS ingested_files (
     started_at TIMESTAMPTZ,
     finished_at TIMESTAMPTZ,
     error VARCHAR,
+    attempts INTEGER,          -- reads begun (ledger.py: statuses and their transitions)
+    requests INTEGER,          -- times the file was requested (first request and re-requests)
+    request_key VARCHAR,       -- the sensor request (Dagster run key) that asked for the file
+    queued_at TIMESTAMPTZ,
+    retry_at TIMESTAMPTZ,      -- status retrying: taken again from then on
     PRIMARY KEY (source_uri, etag)
 );
+-- Warehouses created before these columns existed get them here.
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS attempts INTEGER;
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS requests INTEGER;
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS request_key VARCHAR;
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS queued_at TIMESTAMPTZ;
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS retry_at TIMESTAMPTZ;
 CREATE TABLE IF NOT EXISTS rejected_rows (
     source_uri VARCHAR NOT NULL,
     etag VARCHAR NOT NULL,
@@ -146,6 +157,18 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
     text = str(exc)
     return "lock" in text.lower() and ("Conflicting" in text or "Could not set lock" in text)
+
+
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConnection]:
+    """One transaction on `con`: committed when the block ends, rolled back if it raises."""
+    con.execute("BEGIN TRANSACTION")
+    try:
+        yield con
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    con.execute("COMMIT")
 
 
 @contextmanager

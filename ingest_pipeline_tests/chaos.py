@@ -35,8 +35,19 @@ TABLES = (
     "rejected_rows",
     "ingested_files",
 )
-# Columns that say when or by which run something happened, not what the warehouse holds.
-RUN_COLUMNS = {"ingested_files": ("started_at", "finished_at", "run_id")}
+# Columns that say when or by which run or request something happened, not what the warehouse
+# holds.
+RUN_COLUMNS = {
+    "ingested_files": (
+        "started_at",
+        "finished_at",
+        "run_id",
+        "queued_at",
+        "request_key",
+        "attempts",
+        "requests",
+    )
+}
 
 
 # --- files ---------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from ingest_pipeline.config import IngestConfig, load_config
 from ingest_pipeline.defs.ingestion.partitions import landing_date_partitions
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.feeds import FEEDS, FeedSpec
+from ingest_pipeline.health import ledger_health, ledger_health_metadata
 from ingest_pipeline.landing import LandedObject
 from ingest_pipeline.ledger import rejects_sample
 from ingest_pipeline.settings import get_settings
@@ -40,6 +41,9 @@ class IngestFilesConfig(dg.Config):
     files: list[LandedFileConfig] = []
     keys: list[str] = []  # landing keys to (re-)ingest on their own, e.g. track/2026/a.jsonl
     force: bool = False  # re-ingest files the ledger already shows as ingested
+    # Each file in a pass of its own: set by the reconciliation for files that were being read
+    # when an earlier run died, so that a file that kills its run kills it alone.
+    isolate: bool = False
 
 
 def _files_to_ingest(
@@ -70,14 +74,18 @@ def _files_to_ingest(
 
 
 def _failed_files_markdown(outcome: pipeline.BronzeOutcome) -> str:
-    failed = [r for r in outcome.reports if r.status in ("failed", "skipped")]
-    if not failed and not outcome.vanished:
-        return "No failed files."
-    lines = ["| file | error |", "| --- | --- |"]
-    lines += [
-        f"| {r.source.uri} | {r.status}: {(r.error or '').replace('|', '/')} |" for r in failed
+    rows = [
+        (r.source.uri, f"{r.status}: {r.error or ''}")
+        for r in outcome.reports
+        if r.status in ("failed", "skipped")
     ]
-    lines += [f"| {uri} | deleted or replaced after it was listed |" for uri in outcome.vanished]
+    rows += [(uri, f"failed: {error}") for uri, error in outcome.unreadable.items()]
+    rows += [(uri, f"retrying: {error}") for uri, (error, _) in outcome.retrying.items()]
+    rows += [(uri, "vanished: deleted or replaced after it was listed") for uri in outcome.vanished]
+    if not rows:
+        return "No failed files."
+    lines = ["| file | status: error |", "| --- | --- |"]
+    lines += [f"| {uri} | {text.replace('|', '/')} |" for uri, text in rows]
     return "\n".join(lines)
 
 
@@ -101,6 +109,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, config: IngestFilesConfig, ingest: IngestResource
     ) -> dg.MaterializeResult:
         objects, force = _files_to_ingest(context, config, feed, ingest)
+        settings = get_settings()
         try:
             outcome = pipeline.ingest_to_bronze(
                 objects,
@@ -112,6 +121,12 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
                 run_id=context.run.run_id,
                 force=force,
                 policy=ingest_config().policy(feed.name),
+                retry=pipeline.RetryPolicy(
+                    max_attempts=settings.max_attempts,
+                    delay_seconds=settings.retry_delay_seconds,
+                ),
+                isolate=config.isolate,
+                log=context.log.warning,
             )
         except pipeline.IngestAborted as exc:
             raise dg.Failure(
@@ -119,9 +134,6 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
                 metadata={"failed_files": dg.MetadataValue.md(_failed_files_markdown(exc.outcome))},
             ) from None
         reports = outcome.reports
-        for r in reports:
-            if r.status == "failed":
-                context.log.warning(f"{r.source.uri}: {r.error}")
         rejects = [r for r in reports if r.rows_rejected]
         sample = (
             "\n\n".join(
@@ -132,9 +144,12 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         )
         return dg.MaterializeResult(
             metadata={
-                "files": dg.MetadataValue.int(len(reports)),
-                "files_failed": dg.MetadataValue.int(sum(r.status == "failed" for r in reports)),
-                "files_skipped": dg.MetadataValue.int(sum(r.status == "skipped" for r in reports)),
+                "files": dg.MetadataValue.int(
+                    len(reports) + len(outcome.unreadable) + len(outcome.retrying)
+                ),
+                "files_failed": dg.MetadataValue.int(outcome.count("failed")),
+                "files_skipped": dg.MetadataValue.int(outcome.count("skipped")),
+                "files_retrying": dg.MetadataValue.int(len(outcome.retrying)),
                 "files_already_ingested": dg.MetadataValue.int(
                     len(outcome.skipped_already_ingested)
                 ),
@@ -145,6 +160,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
                 "failed_files": dg.MetadataValue.md(_failed_files_markdown(outcome)),
                 "rejected_sample": dg.MetadataValue.md(sample),
                 "file_uris": dg.MetadataValue.json([r.source.uri for r in reports][:200]),
+                **ledger_health_metadata(ingest.warehouse(), feed.name),
             }
         )
 
@@ -169,19 +185,45 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
             f"merged {len(outcome.files)} file(s): {outcome.rows_loaded} rows loaded, "
             f"{outcome.rows_duplicate} duplicates"
         )
+        for uri, error in {**outcome.failed, **outcome.reread}.items():
+            context.log.warning(f"{uri}: {error}")
         return dg.MaterializeResult(
             metadata={
                 "files_merged": dg.MetadataValue.int(len(outcome.files)),
+                "files_failed_to_merge": dg.MetadataValue.int(len(outcome.failed)),
+                "files_to_read_again": dg.MetadataValue.int(len(outcome.reread)),
                 "rows_loaded": dg.MetadataValue.int(outcome.rows_loaded),
                 "rows_duplicate": dg.MetadataValue.int(outcome.rows_duplicate),
                 "tables": dg.MetadataValue.text(tables),
             }
         )
 
-    return [bronze, merged]
+    @dg.asset_check(
+        asset=bronze,
+        name="files_reach_a_final_status",
+        description=(
+            f"Every requested {feed.name} file reaches a final status (ingested, failed, skipped, "
+            "vanished) within INGEST_STUCK_AFTER_SECONDS; lists the files that did not and the "
+            "failed files with their reasons."
+        ),
+        # Also evaluated when nothing runs: a stuck file is exactly when nothing happens.
+        automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+    )
+    def files_reach_a_final_status(ingest: IngestResource) -> dg.AssetCheckResult:
+        health = ledger_health(ingest.warehouse(), feed.name)
+        return dg.AssetCheckResult(
+            passed=not health.stuck,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=health.summary,
+            metadata=health.metadata(),
+        )
+
+    return [bronze, merged, files_reach_a_final_status]
 
 
+_feed_defs = {name: build_feed_assets(feed) for name, feed in FEEDS.items()}
 feed_assets: dict[str, list[dg.AssetsDefinition]] = {
-    name: build_feed_assets(feed) for name, feed in FEEDS.items()
+    name: [bronze, merged] for name, (bronze, merged, _check) in _feed_defs.items()
 }
+feed_checks = [check for _bronze, _merged, check in _feed_defs.values()]
 all_feed_assets = [a for pair in feed_assets.values() for a in pair]

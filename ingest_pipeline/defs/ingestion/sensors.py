@@ -1,49 +1,228 @@
-"""One sensor per feed family: lists the feed's landing prefix and requests runs for new files,
-many files per run (see discovery.py for the cursor that never loses or doubles a file)."""
+"""One sensor per feed: lists the feed's landing prefix, records new files in the ledger as
+`queued` and requests runs for them, many files per run (discovery.py: the cursor that never
+loses or doubles a file). Each tick also reconciles the ledger (recovery.py): files whose run
+failed, was killed or never started are requested again, and parsed files are merged even when
+no new file arrives."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from datetime import timedelta
 
 import dagster as dg
+import duckdb
+from dagster._core.storage.tags import RUN_KEY_TAG
 
+from ingest_pipeline import ledger, warehouse
+from ingest_pipeline.defs.ingestion.assets import feed_checks
 from ingest_pipeline.defs.ingestion.jobs import feed_jobs
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.discovery import plan_tick
 from ingest_pipeline.feeds import FEEDS, FeedSpec
-from ingest_pipeline.settings import get_settings
+from ingest_pipeline.landing import LandedObject
+from ingest_pipeline.pipeline import RetryPolicy, now, source_of
+from ingest_pipeline.recovery import RunInfo, plan_recovery
+from ingest_pipeline.settings import Settings, get_settings
+
+# The sensor waits at most this long for the warehouse (a merge may hold it); when it cannot
+# get it, the tick is skipped and the cursor stays, so the next tick sees the same files.
+LEDGER_WAIT_SECONDS = 20.0
+
+
+def retry_policy(settings: Settings) -> RetryPolicy:
+    return RetryPolicy(
+        max_attempts=settings.max_attempts, delay_seconds=settings.retry_delay_seconds
+    )
+
+
+def _run_lookup(
+    instance: dg.DagsterInstance, files: Sequence[ledger.LedgerFile]
+) -> Callable[[ledger.LedgerFile], RunInfo]:
+    """Whether the run each file belongs to (its run id, else its request's run key) is alive."""
+    run_ids = sorted({f.run_id for f in files if f.run_id})
+    keys = sorted({f.request_key for f in files if not f.run_id and f.request_key})
+    by_id: dict[str, dg.DagsterRun] = {}
+    by_key: dict[str, dg.DagsterRun] = {}
+    if run_ids:
+        for run in instance.get_runs(dg.RunsFilter(run_ids=run_ids)):
+            by_id[run.run_id] = run
+    if keys:
+        for run in instance.get_runs(dg.RunsFilter(tags={RUN_KEY_TAG: keys})):
+            by_key.setdefault(run.tags[RUN_KEY_TAG], run)
+
+    def info(f: ledger.LedgerFile) -> RunInfo:
+        run = by_id.get(f.run_id or "") or by_key.get(f.request_key or "")
+        if run is None:
+            return RunInfo("unknown")
+        description = f"run {run.run_id[:8]} ({run.status.value})"
+        return RunInfo("ended" if run.is_finished else "active", description)
+
+    return info
+
+
+def _feed_busy(instance: dg.DagsterInstance, job_name: str) -> bool:
+    in_progress = [
+        dg.DagsterRunStatus.QUEUED,
+        dg.DagsterRunStatus.NOT_STARTED,
+        dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED,
+    ]
+    return bool(
+        instance.get_run_ids(dg.RunsFilter(job_name=job_name, statuses=in_progress), limit=1)
+    )
+
+
+def _landed(f: ledger.LedgerFile) -> LandedObject:
+    return LandedObject(
+        key=f.landing_key,
+        etag=f.etag,
+        size=f.size_bytes,
+        last_modified=f.landed_at,
+        uri=f.source_uri,
+    )
+
+
+def _bronze_request(
+    feed: FeedSpec,
+    run_key: str,
+    files: Sequence[LandedObject],
+    *,
+    isolate: bool = False,
+    reason: str,
+) -> dg.RunRequest:
+    partition = max(o.last_modified for o in files).strftime("%Y-%m-%d")
+    return dg.RunRequest(
+        run_key=run_key,
+        partition_key=partition,
+        run_config={
+            "ops": {
+                f"{feed.name}_bronze": {
+                    "config": {"files": [o.to_dict() for o in files], "isolate": isolate}
+                }
+            }
+        },
+        tags={"ingest/feed": feed.name, "ingest/files": str(len(files)), "ingest/why": reason},
+    )
 
 
 def build_feed_sensor(feed: FeedSpec) -> dg.SensorDefinition:
     settings = get_settings()
+    job = feed_jobs[feed.name]
 
     @dg.sensor(
         name=f"{feed.name}_landing_sensor",
-        job=feed_jobs[feed.name],
+        job=job,
         minimum_interval_seconds=settings.sensor_interval_seconds,
         default_status=dg.DefaultSensorStatus.RUNNING,
-        description=f"Watches `{feed.landing_prefix}` in the landing zone for new {feed.name} files.",
+        description=(
+            f"Watches `{feed.landing_prefix}` in the landing zone for new {feed.name} files, and "
+            "takes again the files whose run failed or died."
+        ),
     )
-    def landing_sensor(context: dg.SensorEvaluationContext, ingest: IngestResource):
+    def landing_sensor(
+        context: dg.SensorEvaluationContext, ingest: IngestResource
+    ) -> Iterator[dg.RunRequest | dg.SkipReason]:
         current = get_settings()
-        landing = ingest.landing()
         plan = plan_tick(
-            landing.list(feed.landing_prefix),
+            ingest.landing().list(feed.landing_prefix),
             context.cursor,
             max_files_per_run=current.max_files_per_run,
             max_runs_per_tick=current.max_runs_per_tick,
             lookback_seconds=current.sensor_lookback_seconds,
         )
-        for batch in plan.batches:
-            yield dg.RunRequest(
-                run_key=batch.run_key,
-                partition_key=batch.partition_key,
-                run_config={
-                    "ops": {f"{feed.name}_bronze": {"config": {"files": batch.to_config()}}}
-                },
-                tags={"ingest/feed": feed.name, "ingest/files": str(len(batch.files))},
-            )
+        tenant = ingest.tenant_id()
+        requests: list[dg.RunRequest] = []
+        at = now()
+        try:
+            with (
+                warehouse.connect(ingest.warehouse(), wait_seconds=LEDGER_WAIT_SECONDS) as con,
+                warehouse.transaction(con),
+            ):
+                requests += _reconcile(context, con, feed, current, job.name)
+                for batch in plan.batches:
+                    sources = [source_of(o, tenant) for o in batch.files]
+                    new = ledger.queue(con, sources, feed.name, at=at, request_key=batch.run_key)
+                    fresh = {s.uri for s in new}
+                    files = [o for o in batch.files if o.uri in fresh]
+                    if files:
+                        requests.append(
+                            _bronze_request(feed, batch.run_key, files, reason="new files")
+                        )
+        except duckdb.Error as exc:
+            # The cursor is not moved: the next tick sees the same files again.
+            yield dg.SkipReason(f"the warehouse ledger could not be written now ({exc}); retrying")
+            return
+        yield from requests
         context.update_cursor(plan.cursor)
-        if not plan.batches:
+        if not requests:
             yield dg.SkipReason(f"no new files under {feed.landing_prefix}")
 
     return landing_sensor
 
 
+def _reconcile(
+    context: dg.SensorEvaluationContext,
+    con: duckdb.DuckDBPyConnection,
+    feed: FeedSpec,
+    settings: Settings,
+    job_name: str,
+) -> list[dg.RunRequest]:
+    """Apply recovery.plan_recovery to the feed's active files; the run requests it asks for."""
+    active = ledger.active_files(con, feed.name)
+    if not active:
+        return []
+    at = now()
+    plan = plan_recovery(
+        active,
+        feed=feed.name,
+        now=at,
+        run_info=_run_lookup(context.instance, active),
+        feed_busy=_feed_busy(context.instance, job_name),
+        retry=retry_policy(settings),
+        grace=timedelta(seconds=settings.request_grace_seconds),
+        stuck_after=timedelta(seconds=settings.stuck_after_seconds),
+        max_files_per_run=settings.max_files_per_run,
+        salt=at.isoformat(),
+    )
+    for f, error in plan.fail:
+        ledger.fail(con, [f], error=error, at=at)
+        context.log.warning(f"{f.source_uri}: failed for good: {error}")
+    for f, why, retry_at in plan.postpone:
+        ledger.postpone(con, [f], error=why, retry_at=retry_at)
+    requests = []
+    for again in plan.requests:
+        ledger.requeue(con, again.files, request_key=again.request_key, at=at)
+        requests.append(
+            _bronze_request(
+                feed,
+                again.request_key,
+                [_landed(f) for f in again.files],
+                isolate=again.isolate,
+                reason="isolated retry" if again.isolate else "retry",
+            )
+        )
+    if plan.merge_needed:
+        parsed = [f for f in active if f.status == "parsed"]
+        partition = max(f.landed_at for f in parsed).strftime("%Y-%m-%d")
+        requests.append(
+            dg.RunRequest(
+                run_key=f"{feed.name}-merge-{at.isoformat()}",
+                partition_key=partition,
+                asset_selection=[dg.AssetKey(f"{feed.name}_warehouse")],
+                tags={"ingest/feed": feed.name, "ingest/why": "merge parsed files"},
+            )
+        )
+    return requests
+
+
 feed_sensors = [build_feed_sensor(feed) for feed in FEEDS.values()]
+
+# The feeds' asset checks carry a cron automation condition (a stuck file is one nothing runs
+# for); this sensor evaluates it.
+ledger_health_sensor = dg.AutomationConditionSensorDefinition(
+    "ledger_health_sensor",
+    target=dg.AssetSelection.checks(*feed_checks),
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    minimum_interval_seconds=60,
+    description="Runs each feed's `files_reach_a_final_status` check every 10 minutes.",
+)
