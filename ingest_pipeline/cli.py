@@ -2,16 +2,21 @@
 
 ingest-pipeline samples [--landing URL]     write the sample files into the landing zone
 ingest-pipeline ingest [--feed F] [--force] ingest every landed file now, without Dagster
+ingest-pipeline validate FILE               counts and first rejects, nothing written
+ingest-pipeline preview FILE                the first records as the pipeline reads them
+ingest-pipeline status [--feed F]           files not final (stuck ones first), failed files
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import duckdb
@@ -20,8 +25,10 @@ from ingest_pipeline import pipeline
 from ingest_pipeline.bronze import SourceFile, new_connection, process_file
 from ingest_pipeline.config import load_config
 from ingest_pipeline.feeds import FEEDS, FeedSpec
+from ingest_pipeline.health import ledger_health
 from ingest_pipeline.landing import is_s3_url, landing_from_url, split_s3_url
 from ingest_pipeline.parsing import UnsupportedFile, ident, open_records
+from ingest_pipeline.pipeline import now
 from ingest_pipeline.samples import write_samples
 from ingest_pipeline.settings import get_settings
 
@@ -50,16 +57,29 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             lake=lake,
             warehouse_path=settings.warehouse_path,
             tenant_id=settings.tenant,
+            run_id=f"cli-{uuid.uuid4().hex[:12]}",
             force=args.force,
+            policy=load_config(settings.config_path).policy(feed.name),
+            retry=pipeline.RetryPolicy(
+                max_attempts=settings.max_attempts, delay_seconds=settings.retry_delay_seconds
+            ),
         )
         merged = pipeline.merge_pending(feed, lake=lake, warehouse_path=settings.warehouse_path)
         for r in outcome.reports:
-            status = r.status if r.status == "failed" else "ingested"
+            status = r.status if r.status in ("failed", "skipped") else "ingested"
             print(
                 f"{feed.name:9} {status:8} read={r.rows_read} rejected={r.rows_rejected} "
                 f"{r.source.key}" + (f"  error: {r.error}" if r.error else "")
             )
             failed += r.status == "failed"
+        for uri, error in outcome.unreadable.items():
+            print(f"{feed.name:9} failed   {uri}  error: {error}")
+            failed += 1
+        for uri, (error, _) in outcome.retrying.items():
+            print(f"{feed.name:9} retrying {uri}  error: {error}")
+            failed += 1
+        for uri in outcome.vanished:
+            print(f"{feed.name:9} vanished {uri}")
         print(
             f"{feed.name:9} merged {len(merged.files)} file(s): {merged.rows_loaded} loaded, "
             f"{merged.rows_duplicate} duplicate; {len(outcome.skipped_already_ingested)} already "
@@ -173,6 +193,42 @@ def _cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_status(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    stuck_after = timedelta(seconds=args.stuck_after or settings.stuck_after_seconds)
+    health = ledger_health(settings.warehouse_path, args.feed, stuck_after=stuck_after)
+    scope = f"feed {args.feed}" if args.feed else "all feeds"
+    print(f"warehouse: {settings.warehouse_path} ({scope})")
+    counts = ", ".join(f"{status} {n}" for status, n in sorted(health.counts.items()))
+    print(f"files by status: {counts or 'none yet'}")
+    print(health.summary)
+    at = now()
+    stuck = {(f.source_uri, f.etag) for f in health.stuck}
+    if health.active:
+        print(
+            f"\nnot final ({len(health.active)}; stuck = not final for more than "
+            f"{stuck_after.total_seconds():g} s):"
+        )
+        ordered = sorted(
+            health.active, key=lambda f: ((f.source_uri, f.etag) not in stuck, f.since or at)
+        )
+        for f in ordered[: args.limit]:
+            age = f"{(at - f.since).total_seconds():.0f} s" if f.since else "?"
+            mark = "STUCK " if (f.source_uri, f.etag) in stuck else ""
+            print(
+                f"  {mark}{f.status:8} {f.feed:9} for {age:>8}  attempts {f.attempts}  "
+                f"run {f.run_id or '-'}  {f.source_uri}"
+            )
+            if f.error:
+                print(f"      {f.error}")
+    if health.failed:
+        print(f"\nfailed (most recent first, {len(health.failed)} shown):")
+        for f in health.failed[: args.limit]:
+            finished = f"{f.finished_at:%Y-%m-%d %H:%M:%S}" if f.finished_at else "?"
+            print(f"  {finished}  {f.feed:9} {f.source_uri}\n      {f.error}")
+    return 1 if health.stuck else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest-pipeline",
@@ -197,12 +253,27 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--feed", choices=sorted(FEEDS))
     preview.add_argument("--rows", type=int, default=5)
     preview.set_defaults(func=_cmd_preview)
+    status = sub.add_parser(
+        "status", help="files not final (stuck ones first) and failed files; exit 1 if stuck"
+    )
+    status.add_argument("--feed", choices=sorted(FEEDS))
+    status.add_argument(
+        "--stuck-after", type=int, help="seconds (default: INGEST_STUCK_AFTER_SECONDS)"
+    )
+    status.add_argument("--limit", type=int, default=50, help="files listed per section")
+    status.set_defaults(func=_cmd_status)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except BrokenPipeError:
+        # Output piped into `head` and the like: the reader left; that is not an error.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -27,11 +27,13 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ingest_pipeline import ledger, warehouse
 from ingest_pipeline.bronze import FileReport, SourceFile, process_file
 from ingest_pipeline.config import FeedPolicy
-from ingest_pipeline.failures import FileFailure, classify
+from ingest_pipeline.failures import FileFailure, classify, kind_of
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, LocalLanding
 from ingest_pipeline.merge import BronzeFile, merge_bronze
@@ -333,14 +335,20 @@ class MergeOutcome:
 
 
 def _local_bronze(lake: LandingZone, key: str, tmp_dir: Path) -> Path:
+    """A local path of the bronze file at `key`; FileVanished if it is missing or unreadable
+    (then its source file is read again)."""
     if isinstance(lake, LocalLanding):
         path = lake.root / key
         if not path.is_file():
             raise FileVanished(key, "bronze file missing from the lake")
-        return path
-    dest = tmp_dir / key.replace("/", "_")
-    lake.download(key, dest)
-    return dest
+    else:
+        path = tmp_dir / key.replace("/", "_")
+        lake.download(key, path)
+    try:
+        pq.read_metadata(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise FileVanished(key, f"bronze file unreadable ({exc})") from exc
+    return path
 
 
 def _merge_files(
@@ -414,23 +422,24 @@ def merge_pending(
         try:
             _merge_files(con, feed, present, paths, outcome)
             return outcome
-        except duckdb.Error as exc:
+        except Exception as exc:
             if _warehouse_trouble(exc):
                 raise
         # One file that cannot merge must not hold back the others: merge them one by one.
         for p in present:
             try:
                 _merge_files(con, feed, [p], paths, outcome)
-            except duckdb.Error as exc:
+            except Exception as exc:
                 if _warehouse_trouble(exc):
                     raise
                 _fail_merge(con, p, paths[p.source_uri, p.etag], exc, outcome)
     return outcome
 
 
-def _warehouse_trouble(exc: duckdb.Error) -> bool:
-    """Errors of the warehouse itself (I/O, memory, a lock), not of the rows being merged."""
-    return isinstance(
+def _warehouse_trouble(exc: Exception) -> bool:
+    """Errors of the warehouse or the machine (I/O, memory, a lock, disk full), not of the rows
+    being merged."""
+    return kind_of(exc) == "machinery" or isinstance(
         exc,
         duckdb.IOException
         | duckdb.OutOfMemoryException
@@ -445,7 +454,7 @@ def _fail_merge(
     con: duckdb.DuckDBPyConnection,
     pending: ledger.PendingFile,
     bronze_path: Path,
-    exc: duckdb.Error,
+    exc: Exception,
     outcome: MergeOutcome,
 ) -> None:
     error = (

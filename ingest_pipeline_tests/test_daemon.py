@@ -4,7 +4,6 @@ bucket, and the warehouse filling up with no further action (sensors RUNNING by 
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,6 +17,7 @@ from ingest_pipeline import warehouse
 from ingest_pipeline.landing import landing_from_url
 from ingest_pipeline.samples import sample_files
 from ingest_pipeline_tests import oracle
+from ingest_pipeline_tests.daemon import dagster_home
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 300
@@ -36,18 +36,15 @@ def _warehouse_state(path: Path) -> tuple[int, list[tuple[str, str]]]:
 @pytest.mark.timeout(DEADLINE_SECONDS + 60)
 def test_daemon_ingests_dropped_files(s3_bucket, tmp_path: Path) -> None:
     client, bucket = s3_bucket
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
     wh_path = tmp_path / "warehouse.duckdb"
     env = dict(
         os.environ,
-        DAGSTER_HOME=str(home),
         INGEST_LANDING_URL=f"s3://{bucket}/drop",
         INGEST_LAKE_URL=str(tmp_path / "lake"),
         INGEST_WAREHOUSE_PATH=str(wh_path),
         INGEST_SENSOR_INTERVAL_SECONDS="1",
     )
+    env["DAGSTER_HOME"] = str(dagster_home(tmp_path, env))
     daemon_bin = Path(sys.executable).parent / "dagster-daemon"
     log = (tmp_path / "daemon.log").open("w")
     daemon = subprocess.Popen(
