@@ -8,16 +8,26 @@
   <extras>     JSON     every key/column that is not a declared field (readable records only)
 
 NDJSON streams: the lines come from reading.ndjson_lines as Arrow batches, and nothing of the
-file is kept once read. A CSV file is read by DuckDB's CSV reader into a temp table first (its
-good records get their line numbers from the rejected ones). Typing and row rules are applied
-afterwards (validation.py), so every record of the file is here and can be accounted for.
+file is kept once read. Python's JSON decoder only says where an invalid line breaks
+(describe_invalid_json: it never raises, however deep the nesting or long the numbers); NaN and
+Infinity, which DuckDB's JSON reader takes, are refused.
+
+A CSV file's header record is read here (read_csv_header: quotes, CR/LF/CRLF, BOMs, at most
+MAX_HEADER_BYTES and MAX_CSV_COLUMNS, refused with a reason when it cannot be read), then DuckDB's
+CSV reader reads the records into a temp table, its columns named by position (good records get
+their line numbers from the rejected ones). Where DuckDB gets a record wrong because of a quote -
+an unterminated one swallows the rest of the file - the record is cut where it ends and the rest
+of the file read again (stage_csv). A file whose line ends DuckDB's strict mode refuses is read
+again with CRLF, then every CR, as LF. Typing and row rules are applied afterwards
+(validation.py), so every record of the file is here and can be accounted for.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
+import re
+import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -29,6 +39,8 @@ import pyarrow.compute as pc
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.reading import (
     LINE_SCHEMA,
+    READ_BYTES,
+    UTF8_BOM,
     FileBytes,
     UnsupportedFile,
     cut_after_last_line,
@@ -51,8 +63,28 @@ MAX_LINE_BYTES = 8 * 1024 * 1024
 # The quarantine keeps at most this much of one record's raw text.
 RAW_TEXT_LIMIT = 65_536
 INVALID_JSON = "invalid JSON: the line is not a valid JSON document"
+# DuckDB's JSON reader takes NaN, Infinity, inf and nan as numbers; JSON has none of them (and a
+# warehouse JSON value holding one is no longer JSON): such a line is refused. Outside strings.
+NOT_FINITE_JSON = (
+    "invalid JSON: NaN and Infinity are not JSON values (JSON numbers are finite): write null "
+    "or a number"
+)
+# A NaN or infinity outside strings: after the start of the line, anything but a quote or a
+# whole string, then the word where a value starts (the line is valid JSON to DuckDB by then).
+_NOT_FINITE = r'^(?:[^"]|"(?:[^"\\]|\\.)*")*?[:,\[]\s*-?(?i:nan|inf)'
 # Invalid JSON lines whose error position is worked out (the rest keep the general reason).
 DESCRIBE_JSON_ERRORS = 10_000
+# The CSV header record is read here (not with Python's csv module, whose fields stop at 128 KiB):
+# a header longer than this is refused.
+MAX_HEADER_BYTES = 1 << 20
+# Columns a CSV file may have: each is a DuckDB column (10,000 exhausted its 1 GB memory limit;
+# 2,000 columns x 30,000 rows took a minute).
+MAX_CSV_COLUMNS = 2048
+# Records cut at a quote per file, at most (each cut reads the rest of the file again: a file of
+# 300 lines each opening a quote took 8 s with 100); after that DuckDB's own grouping stands.
+MAX_QUOTE_SPLITS = 20
+# The two escapes of a quote inside a quoted CSV field (SPEC 3.1), in the order they are tried.
+CSV_ESCAPES = ('"', "\\")
 
 
 @dataclass(frozen=True)
@@ -123,8 +155,7 @@ def _reader_rejects(con: duckdb.DuckDBPyConnection, header_fields: int) -> None:
                         WHEN 'MISSING COLUMNS' THEN 'has fewer fields than the header ('
                             || found_min || '{expected}): a field is missing, or a line break '
                             || 'outside quotes splits the record'
-                        WHEN 'UNQUOTED VALUE' THEN 'has an unescaped or unterminated quote '
-                            || '(escape a quote inside a quoted field as "" or \\")'
+                        WHEN 'UNQUOTED VALUE' THEN {sql_str(_TEXT_AFTER_QUOTE.removeprefix("CSV record "))}
                         WHEN 'INVALID ENCODING' THEN 'is not valid UTF-8 (invalid bytes are '
                             || 'shown as ?): re-export the file as UTF-8'
                         WHEN 'LINE SIZE OVER MAXIMUM' THEN 'is longer than the parser''s limit of '
@@ -211,6 +242,9 @@ def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
                     WHEN text IS NULL THEN 'line is not valid UTF-8 (the bytes that are not '
                         || 'UTF-8 are shown as \\xNN): re-export the file as UTF-8'
                     WHEN json_valid(text) AND NOT contains(text, chr(0)) THEN CASE
+                        WHEN (contains(lower(text), 'nan') OR contains(lower(text), 'inf'))
+                             AND regexp_matches(text, {sql_str(_NOT_FINITE)})
+                            THEN {sql_str(NOT_FINITE_JSON)}
                         WHEN starts_with(text, '{{') OR json_type(text) = 'OBJECT' THEN NULL
                         ELSE 'line is JSON but not an object (it is ' || lower(json_type(text))
                             || '): each line must be one JSON object' END
@@ -253,53 +287,267 @@ def quarantine_raw_sql(column: str) -> str:
     return f"left(regexp_replace({column}, '\\r?\\n$', ''), {RAW_TEXT_LIMIT})"
 
 
+class _NotJsonConstant(ValueError):
+    """NaN or Infinity: Python's decoder takes them, JSON does not."""
+
+
+def _not_json_constant(name: str) -> object:
+    raise _NotJsonConstant(name)
+
+
+# Only the position of the error matters: numbers are not converted (Python refuses integers of
+# more than 4,300 digits, and converting is wasted work), NaN and Infinity are errors.
+_JSON_DECODER = json.JSONDecoder(
+    parse_int=lambda _text: 0, parse_float=lambda _text: 0, parse_constant=_not_json_constant
+)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# A \uXXXX escape of a UTF-16 surrogate (an odd number of backslashes before the u); a high
+# one followed by the escape of a low one is a pair.
+_SURROGATE_ESCAPE = re.compile(
+    r"(?<!\\)(?:\\\\)*\\u([dD][89abAB][0-9a-fA-F]{2})(\\u[dD][c-fC-F][0-9a-fA-F]{2})?"
+    r"|(?<!\\)(?:\\\\)*\\u([dD][c-fC-F][0-9a-fA-F]{2})"
+)
+
+
+def _near(raw: str, col: int) -> str:
+    return raw[max(0, col - 11) : col + 10]
+
+
+def _has_lone_surrogate(value: object) -> bool:
+    """Whether a decoded JSON value holds a lone UTF-16 surrogate in a key or a string (without
+    recursion: the value may nest as deep as Python's decoder went)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+def _lone_surrogate_reason(raw: str) -> str | None:
+    for match in _SURROGATE_ESCAPE.finditer(raw):
+        high, low, lone_low = match.groups()
+        if high is not None and low is not None:
+            continue  # a pair: one character
+        col = match.end() - 5  # the escape is the match's last 6 characters
+        return (
+            f"invalid JSON at column {col}: \\u{high or lone_low} is half of a UTF-16 surrogate "
+            f"pair without its other half (near {_near(raw, col)!r}): write the character as "
+            "UTF-8 or as a complete \\uD8xx\\uDCxx pair"
+        )
+    return None
+
+
 def describe_invalid_json(raw: str) -> str:
-    """Where an invalid JSON line breaks (Python's decoder reports the position)."""
+    """Where an invalid JSON line breaks (Python's decoder reports the position).
+
+    Never raises: a line nested deeper than Python's decoder follows (it recurses per level)
+    gets a reason saying so, numbers of any length are skipped unconverted, and what Python
+    takes but JSON (and DuckDB) does not - NaN, Infinity, lone UTF-16 surrogate escapes - is
+    named.
+    """
     try:
-        json.loads(raw)
+        value = _JSON_DECODER.decode(raw)
+    except _NotJsonConstant:
+        return NOT_FINITE_JSON
+    except RecursionError:
+        return (
+            "invalid JSON: arrays/objects are nested too deeply (over about "
+            f"{sys.getrecursionlimit()} levels) to say where the line breaks: check that every [ "
+            "and { is closed, and that the line is one JSON object"
+        )
     except ValueError as exc:
         msg = getattr(exc, "msg", str(exc))
         col = getattr(exc, "colno", None)
-        near = raw[max(0, (col or 1) - 11) : (col or 1) + 10] if col else ""
-        return f"invalid JSON at column {col}: {msg} (near {near!r})"
-    return INVALID_JSON  # DuckDB and Python disagree (e.g. NaN): keep the general reason
+        if col is None:
+            return f"{INVALID_JSON} ({msg})"
+        return f"invalid JSON at column {col}: {msg} (near {_near(raw, col)!r})"
+    if _has_lone_surrogate(value):
+        reason = _lone_surrogate_reason(raw)
+        if reason is not None:
+            return reason
+    return INVALID_JSON  # DuckDB and Python disagree: keep the general reason
 
 
-def read_csv_header(path: Path) -> list[str]:
-    """The header record's column names (the BOM stripped) of an uncompressed CSV file."""
-    with open(path, "rb") as raw_file:
-        first = raw_file.readline(MAX_LINE_BYTES)
-    text = first.decode("utf-8-sig", errors="replace").rstrip("\r\n")
-    if not text.strip():
-        return []
-    return next(csv.reader(io.StringIO(text)))
+@dataclass(frozen=True)
+class CsvHeader:
+    """The header record of a CSV file: its column names and where it ends."""
+
+    names: list[str]
+    end: int  # bytes from the start of the file to just after the header's line end
+    escapes: tuple[str, ...]  # the quote escapes under which the header reads so
 
 
-def _csv_scan(path: Path, header: list[str], escape: str) -> str:
-    columns = "{" + ", ".join(f"{sql_str(c)}: 'VARCHAR'" for c in header) + "}"
+_UNQUOTED_FIELD = re.compile(rb"[^,\r\n]*")
+# Possessive: no backtracking (a quote that is never closed fails in one pass, not exponentially).
+_QUOTED_FIELD = {
+    '"': re.compile(rb'"([^"]*+(?:""[^"]*+)*+)"'),
+    "\\": re.compile(rb'"([^"\\]*+(?:\\[\s\S][^"\\]*+)*+)"'),
+}
+
+
+def _unescape(value: bytes, escape: str) -> bytes:
+    if escape == '"':
+        return value.replace(b'""', b'"')
+    return re.sub(rb"\\([\s\S])", rb"\1", value)
+
+
+def _header_fields(data: bytes, start: int, escape: str, complete: bool) -> tuple[list[bytes], int]:
+    """The fields of the header record at data[start:] and the offset after its line end, read
+    as DuckDB reads a record: `,` separates, a quote opens a quoted field only at the start of a
+    field, and the record ends at LF, CRLF or CR outside quotes. `complete`: data holds the whole
+    file. Raises UnsupportedFile with what is wrong."""
+    fields: list[bytes] = []
+    pos, n = start, len(data)
+    while True:
+        if pos < n and data[pos : pos + 1] == b'"':
+            match = _QUOTED_FIELD[escape].match(data, pos)
+            if match is None:
+                if not complete:
+                    raise UnsupportedFile(_header_too_long())
+                raise UnsupportedFile(
+                    f"the CSV header row has an unterminated quote (column {len(fields) + 1} "
+                    "opens a quote that is never closed): close the quote, or escape a quote "
+                    'inside a quoted name as ""'
+                )
+            fields.append(_unescape(match.group(1), escape))
+            pos = match.end()
+            if pos < n and data[pos : pos + 1] not in (b",", b"\r", b"\n"):
+                raise UnsupportedFile(
+                    f"the CSV header row has text after the closing quote of column "
+                    f'{len(fields)}: quote the whole name, and escape a quote inside it as ""'
+                )
+        else:
+            match = _UNQUOTED_FIELD.match(data, pos)
+            assert match is not None  # the pattern matches the empty string
+            fields.append(match.group(0))
+            pos = match.end()
+        if pos >= n:
+            if not complete:
+                raise UnsupportedFile(_header_too_long())
+            return fields, pos
+        if data[pos : pos + 1] == b",":
+            pos += 1
+            continue
+        pos += 2 if data[pos : pos + 2] == b"\r\n" else 1
+        return fields, pos
+
+
+def _header_too_long() -> str:
     return (
-        f"read_csv({sql_str(str(path))}, columns = {columns}, header = true, delim = ',', "
+        f"the CSV header row is longer than {MAX_HEADER_BYTES} bytes (or opens a quote it does "
+        "not close): the first line must be the header row, column names separated by ,"
+    )
+
+
+def read_csv_header(path: Path) -> CsvHeader:
+    """The header record of an uncompressed CSV file (after any UTF-8 byte order marks).
+
+    Read here rather than with Python's csv module (whose fields stop at 128 KiB), at most
+    MAX_HEADER_BYTES. Raises UnsupportedFile, saying what to do, for a file without a header or
+    with one that cannot be read: empty, a blank first line, too long, an unterminated quote,
+    not UTF-8, unnamed, repeated or too many columns.
+    """
+    with open(path, "rb") as src:
+        data = src.read(MAX_HEADER_BYTES + 1)
+    complete = len(data) <= MAX_HEADER_BYTES
+    start = 0
+    while data.startswith(UTF8_BOM, start):  # a file written twice with a BOM has two
+        start += len(UTF8_BOM)
+    if start >= len(data):
+        raise UnsupportedFile("the CSV file is empty: it has no header row")
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise UnsupportedFile(
+            "the file is UTF-16 text (it starts with a UTF-16 byte order mark): re-export it as "
+            "UTF-8"
+        )
+    if not data.strip(b"\x00") and complete:
+        raise UnsupportedFile(
+            "the file contains only NUL bytes (an upload that failed or was pre-allocated): "
+            "send the file again"
+        )
+    if data[start : start + 1] in (b"\r", b"\n"):
+        raise UnsupportedFile(
+            "the CSV file starts with a blank line: the first line must be the header row "
+            "(column names separated by ,)"
+        )
+    read: dict[str, tuple[list[bytes], int]] = {}
+    refusal: UnsupportedFile | None = None
+    for escape in CSV_ESCAPES:
+        try:
+            read[escape] = _header_fields(data, start, escape, complete)
+        except UnsupportedFile as exc:
+            refusal = refusal or exc
+    if not read:
+        assert refusal is not None
+        raise refusal
+    fields, end = next(iter(read.values()))
+    escapes = tuple(e for e, r in read.items() if r == (fields, end))
+    if len(fields) > MAX_CSV_COLUMNS:
+        raise UnsupportedFile(
+            f"the CSV header has {len(fields)} columns, more than the {MAX_CSV_COLUMNS} the reader "
+            "takes: split the file into files with fewer columns"
+        )
+    names = []
+    for i, field in enumerate(fields, start=1):
+        if b"\x00" in field:
+            raise UnsupportedFile(
+                f"the CSV header row holds NUL bytes (\\0, column {i}): the file is not UTF-8 "
+                "text (UTF-16, binary, or a damaged upload); re-export it as UTF-8 CSV"
+            )
+        try:
+            names.append(field.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise UnsupportedFile(
+                f"the CSV header row is not valid UTF-8 (column {i}: {field[:80]!r}, byte "
+                f"{exc.start + 1}): re-export the file as UTF-8"
+            ) from None
+    duplicated = sorted({c for c in names if names.count(c) > 1})
+    if duplicated:
+        raise UnsupportedFile(f"the CSV header repeats column(s) {', '.join(duplicated)}")
+    blank = [i + 1 for i, c in enumerate(names) if not c.strip()]
+    if blank:
+        raise UnsupportedFile(f"the CSV header has unnamed column(s) at position(s) {blank}")
+    return CsvHeader(names, end, escapes)
+
+
+def _column(i: int) -> str:
+    """The DuckDB name of the CSV file's i-th column (0-based): by position, so that any header
+    name (case-insensitive duplicates for SQL, quotes, NULs, 100 KB long) reads the same."""
+    return f"column{i}"
+
+
+def _csv_scan(path: Path, columns: int, escape: str) -> str:
+    types = "{" + ", ".join(f"'{_column(i)}': 'VARCHAR'" for i in range(columns)) + "}"
+    return (
+        f"read_csv({sql_str(str(path))}, columns = {types}, header = true, delim = ',', "
         f"quote = '\"', escape = {sql_str(escape)}, auto_detect = false, strict_mode = true, "
         f"store_rejects = true, max_line_size = {MAX_LINE_BYTES}, compression = 'none')"
     )
 
 
-def _scan_csv(con: duckdb.DuckDBPyConnection, path: Path, header: list[str], escape: str) -> int:
+def _scan_csv(con: duckdb.DuckDBPyConnection, path: Path, columns: int, escape: str) -> int:
     """Read the records into temp table `csv_rows`; returns how many records DuckDB rejected."""
     _fresh_rejects(con)
     con.execute(
-        f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, header, escape)}"
+        f"CREATE OR REPLACE TEMP TABLE csv_rows AS SELECT * FROM {_csv_scan(path, columns, escape)}"
     )
     return con.execute("SELECT count(DISTINCT line) FROM reject_errors").fetchall()[0][0]
 
 
-def _csv_record_text(header: list[str]) -> str:
+def _csv_record_text(columns: int) -> str:
     """SQL re-serialising a parsed CSV row as a CSV line (its raw text in the quarantine)."""
     parts = [
-        f"CASE WHEN {ident(c)} IS NULL THEN '' "
-        f"WHEN regexp_matches({ident(c)}, '[\",\\r\\n]') "
-        f"THEN '\"' || replace({ident(c)}, '\"', '\"\"') || '\"' ELSE {ident(c)} END"
-        for c in header
+        f"CASE WHEN {c} IS NULL THEN '' "
+        f"WHEN regexp_matches({c}, '[\",\\r\\n]') "
+        f"THEN '\"' || replace({c}, '\"', '\"\"') || '\"' ELSE {c} END"
+        for c in map(_column, range(columns))
     ]
     return "concat_ws(',', " + ", ".join(parts) + ")"
 
@@ -316,11 +564,14 @@ def _has_blank_line(path: Path) -> bool:
     return False
 
 
-def _skipped_line_numbers(con: duckdb.DuckDBPyConnection, path: Path, escape: str) -> None:
+def _skipped_line_numbers(
+    con: duckdb.DuckDBPyConnection, path: Path, escape: str, columns: int
+) -> None:
     """Temp table `not_records`: the line numbers (as DuckDB counts them) of rejected records
-    and of blank lines, which DuckDB skips silently but counts."""
+    and of blank lines, which DuckDB skips silently but counts. In a file of one column a blank
+    line is a record (one empty field), which DuckDB reads as one."""
     con.execute("CREATE OR REPLACE TEMP TABLE not_records AS SELECT line_number FROM read_rejects")
-    if not _has_blank_line(path):
+    if columns == 1 or not _has_blank_line(path):
         return
     # One column that no delimiter splits, the same quoting: one row per record or blank line.
     con.execute(
@@ -339,59 +590,311 @@ def _skipped_line_numbers(con: duckdb.DuckDBPyConnection, path: Path, escape: st
     )
 
 
-def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
-    """Temp table `staged` from an uncompressed CSV file: one row per record."""
-    header = read_csv_header(path)
-    if not header:
-        raise UnsupportedFile("the CSV file is empty: it has no header row")
-    duplicated = sorted({c for c in header if header.count(c) > 1})
-    if duplicated:
-        raise UnsupportedFile(f"the CSV header repeats column(s) {', '.join(duplicated)}")
-    blank = [i + 1 for i, c in enumerate(header) if not c.strip()]
-    if blank:
-        raise UnsupportedFile(f"the CSV header has unnamed column(s) at position(s) {blank}")
+@dataclass(frozen=True)
+class _QuoteSplit:
+    """A record DuckDB's reader got wrong because of a quote, cut where it really ends: at the
+    end of the physical line where it opens a quote it does not close there (DuckDB would read
+    on to the end of the file, or to a later quote), or where a record with text after a closing
+    quote ends (DuckDB can lose its place in one, and then splits it in two)."""
 
+    line: int  # the record's number (as DuckDB counts in the file read)
+    raw: str
+    reason: str
+    rest: int  # offset of the first byte after the record
+
+
+_SPECIAL = {'"': re.compile(rb'"'), "\\": re.compile(rb'["\\]')}
+_FIELD_END = re.compile(rb"[,\r\n]")
+_LINE_END = re.compile(rb"[\r\n]")
+_UNTERMINATED = (
+    "CSV record has an unescaped or unterminated quote: field {column} opens a quote that is not "
+    "closed on its line (the reader would have run on to {until}); close the quote, or escape a "
+    'quote inside a quoted field as "" or \\" (the lines after this one were read as records of '
+    "their own)"
+)
+_TEXT_AFTER_QUOTE = (
+    "CSV record has an unescaped or unterminated quote: close the quoted field, or escape a quote "
+    'inside it as "" or \\"'
+)
+
+
+def _closing_quote(src, opening: int, escape: str) -> int | None:  # noqa: ANN001 - binary file
+    """Offset of the quote closing the quoted field opened at `opening`, or None when the file
+    ends first (streaming, READ_BYTES at a time)."""
+    src.seek(opening + 1)
+    base, buf, i = opening + 1, src.read(READ_BYTES), 0
+    while True:
+        match = _SPECIAL[escape].search(buf, i)
+        j = match.start() if match else -1
+        if j < 0 or j + 1 >= len(buf):  # the byte after a quote or escape is needed
+            more = src.read(READ_BYTES)
+            if not more:
+                return base + j if j >= 0 and buf[j : j + 1] == b'"' else None
+            keep = j if j >= 0 else len(buf)
+            base, buf, i = base + keep, buf[keep:] + more, 0
+            continue
+        if buf[j : j + 1] == b'"' and not (escape == '"' and buf[j + 1 : j + 2] == b'"'):
+            return base + j
+        i = j + 2  # an escaped quote or escape character
+
+
+def _find(src, start: int, pattern: re.Pattern[bytes]) -> tuple[int, bytes] | None:  # noqa: ANN001
+    """(offset, byte) of the first byte from `start` on that `pattern` matches, streaming."""
+    src.seek(start)
+    base = start
+    while chunk := src.read(READ_BYTES):
+        match = pattern.search(chunk)
+        if match is not None:
+            return base + match.start(), chunk[match.start() : match.start() + 1]
+        base += len(chunk)
+    return None
+
+
+def _after_line_end(src, at: int, byte: bytes) -> int:  # noqa: ANN001 - binary file
+    """The offset after the line end at `at` (CR, LF or CRLF)."""
+    if byte == b"\r":
+        src.seek(at + 1)
+        return at + (2 if src.read(1) == b"\n" else 1)
+    return at + 1
+
+
+def _line_end(src, start: int) -> tuple[int, int]:  # noqa: ANN001 - binary file
+    """(offset of the line end, offset after it) of the physical line holding `start`: LF, CRLF
+    or CR; the end of the file when no line end follows."""
+    found = _find(src, start, _LINE_END)
+    if found is None:
+        size = src.seek(0, 2)
+        return size, size
+    return found[0], _after_line_end(src, *found)
+
+
+def _line_start(src, at: int) -> int:  # noqa: ANN001 - binary file
+    """Offset of the start of the physical line holding `at` (reading backwards)."""
+    end = at
+    while end > 0:
+        start = max(0, end - READ_BYTES)
+        src.seek(start)
+        chunk = src.read(end - start)
+        cut = max(chunk.rfind(b"\n"), chunk.rfind(b"\r"))
+        if cut >= 0:
+            return start + cut + 1
+        end = start
+    return 0
+
+
+def _record_end(src, pos: int, escape: str) -> int:  # noqa: ANN001 - binary file
+    """Offset after the end of the record whose unquoted field (or text after a closing quote)
+    is read at `pos`: fields on to a line end outside quotes, a quote opening a quoted field
+    only at the start of a field (as the header is read)."""
+    while True:
+        found = _find(src, pos, _FIELD_END)
+        if found is None:
+            return src.seek(0, 2)
+        at, byte = found
+        if byte != b",":
+            return _after_line_end(src, at, byte)
+        pos = at + 1
+        src.seek(pos)
+        if src.read(1) == b'"':
+            closing = _closing_quote(src, pos, escape)
+            if closing is None:
+                return src.seek(0, 2)
+            pos = closing + 1
+
+
+def _without_line_end(text: bytes) -> bytes:
+    return (
+        text[:-2]
+        if text.endswith(b"\r\n")
+        else text[:-1]
+        if text.endswith((b"\r", b"\n"))
+        else text
+    )
+
+
+def _quote_split(con: duckdb.DuckDBPyConnection, path: Path, escape: str) -> _QuoteSplit | None:
+    """The first record of the last scan that DuckDB's reader got wrong because of a quote:
+
+    * it opens a quote not closed on its line - never closed, or only by a quote where a field
+      could start (the next unterminated quote, most likely): the record ends with that line;
+    * a closing quote with text after it, where DuckDB's record (its `csv_line`) is not the
+      record of the file (it loses its place when the text holds quotes, and reads the rest of
+      the line as another record): the record ends where the file says.
+
+    A quoted field that closes, line breaks and all, is left alone, and so is a record DuckDB
+    rejects as the file has it.
+    """
+    candidates = con.execute(
+        """
+        SELECT line, line_byte_position, byte_position, column_idx, csv_line
+        FROM reject_errors
+        WHERE error_type = 'UNQUOTED VALUE' AND byte_position IS NOT NULL
+          AND line_byte_position IS NOT NULL
+        QUALIFY row_number() OVER (PARTITION BY line ORDER BY byte_position) = 1
+        ORDER BY line
+        """
+    ).fetchall()
+    size = path.stat().st_size
+    with open(path, "rb") as src:
+        for line, line_position, quote_position, column, csv_line in candidates:
+            opening = quote_position - 1  # DuckDB's positions count from 1
+            src.seek(opening)
+            if not 0 <= opening < size or src.read(1) != b'"':
+                continue  # not where DuckDB's positions were expected: leave its verdict
+            duck = (csv_line or "").lstrip("\r\n").encode()
+            start = line_position - 1
+            src.seek(max(start, 0))
+            lead = src.read(max(opening - start, 0) + 1)
+            start += len(lead) - len(lead.lstrip(b"\r\n"))  # line ends before the record
+            src.seek(max(start, 0))
+            if (
+                not 0 <= start <= opening < start + len(duck)
+                or src.read(min(len(duck), 256)) != duck[:256]
+            ):
+                start = _line_start(src, opening)  # DuckDB lost its place: the quote's line
+            end, after = _line_end(src, opening)
+            closing = _closing_quote(src, opening, escape)
+            if closing is not None:
+                src.seek(closing - 1)
+                at_field_start = src.read(1) in (b",", b"\r", b"\n")
+            if closing is None or (closing > end and at_field_start):
+                until = (
+                    "the end of the file"
+                    if closing is None
+                    else ("a quote on a later line that starts a field")
+                )
+                src.seek(start)
+                text = src.read(min(end - start, RAW_TEXT_LIMIT * 4))
+                reason = _UNTERMINATED.format(column=column, until=until)
+            else:
+                after = _record_end(src, closing + 1, escape)
+                src.seek(start)
+                text = _without_line_end(src.read(min(after - start, RAW_TEXT_LIMIT * 4)))
+                if text == _without_line_end(duck) or (len(duck) >= 1000 and text.startswith(duck)):
+                    continue  # DuckDB read the record as the file has it
+                reason = _TEXT_AFTER_QUOTE
+            raw = text.decode("utf-8", "replace")[:RAW_TEXT_LIMIT]
+            return _QuoteSplit(line, raw, reason, after)
+    return None
+
+
+def _without_header(path: Path, header: CsvHeader, rest: int, dest: Path) -> None:
+    """Write the header record and the file from offset `rest` on to `dest` (streaming)."""
+    with open(path, "rb") as src, open(dest, "wb") as out:
+        out.write(src.read(header.end))
+        src.seek(rest)
+        shutil.copyfileobj(src, out, READ_BYTES)
+
+
+def _stage_part(
+    con: duckdb.DuckDBPyConnection,
+    path: Path,
+    header: CsvHeader,
+    feed: FeedSpec,
+    line_offset: int,
+    split_quotes: bool,
+    escapes: tuple[str, ...],
+) -> tuple[_QuoteSplit | None, str]:
+    """Add the records of one CSV file (or what follows a quote split) to temp table `staged`,
+    their line numbers shifted by `line_offset`. Returns the quote split that ends this part
+    (its record is staged as rejected, the records after it are left for the next part) and the
+    escape the part was read with."""
+    columns = len(header.names)
     # DuckDB takes one escape character; files use either "" or \" . Try both, keep the reading
     # with fewer rejected records.
     best: tuple[int, str] | None = None
-    for escape in ('"', "\\"):
-        rejected = _scan_csv(con, path, header, escape)
+    for escape in escapes:
+        rejected = _scan_csv(con, path, columns, escape)
         if best is None or rejected < best[0]:
             best = (rejected, escape)
         if rejected == 0:
             break
     assert best is not None
     if best[1] != escape:
-        _scan_csv(con, path, header, best[1])
+        _scan_csv(con, path, columns, best[1])
+    split = _quote_split(con, path, best[1]) if split_quotes and best[0] else None
 
+    index = {name: i for i, name in enumerate(header.names)}
     declared = set(feed.field_names)
-    extras = [c for c in header if c not in declared]
     field_cols = ", ".join(
-        f"{ident(f)} AS {ident(f)}" if f in header else f"NULL::VARCHAR AS {ident(f)}"
+        f"{_column(index[f])} AS {ident(f)}" if f in index else f"NULL::VARCHAR AS {ident(f)}"
         for f in feed.field_names
     )
+    extras = [(name, i) for i, name in enumerate(header.names) if name not in declared]
     extras_json = (
-        "json_object(" + ", ".join(f"{sql_str(c)}, {ident(c)}" for c in extras) + ")"
+        "json_object(" + ", ".join(f"{sql_str(name)}, {_column(i)}" for name, i in extras) + ")"
         if extras
         else "'{}'::JSON"
     )
-    _reader_rejects(con, len(header))
-    _skipped_line_numbers(con, path, best[1])
+    _reader_rejects(con, columns)
+    before = ""
+    if split is not None:
+        # The records DuckDB read after the split one are read again in the next part.
+        con.execute("DELETE FROM read_rejects WHERE line_number >= ?", [split.line])
+        con.execute(
+            "INSERT INTO read_rejects VALUES (?, ?, ?)", [split.line, split.raw, split.reason]
+        )
+        before = f"WHERE line_number < {split.line}"
+    _skipped_line_numbers(con, path, best[1], columns)
+    into = "INSERT INTO staged" if line_offset else "CREATE OR REPLACE TEMP TABLE staged AS"
     con.execute(
         f"""
-        CREATE OR REPLACE TEMP TABLE staged AS
+        {into}
         WITH {_numbered(con, "csv_rows", first_line=2)}
-        SELECT line_number, {_csv_record_text(header)} AS raw, NULL::VARCHAR AS error,
-               {field_cols}, {extras_json}::JSON AS {ident(feed.extras_column)}
-        FROM numbered
+        SELECT line_number + {line_offset} AS line_number, {_csv_record_text(columns)} AS raw,
+               NULL::VARCHAR AS error, {field_cols},
+               {extras_json}::JSON AS {ident(feed.extras_column)}
+        FROM numbered {before}
         UNION ALL
-        SELECT line_number, raw, error,
+        SELECT line_number + {line_offset}, raw, error,
                {", ".join(f"NULL::VARCHAR AS {ident(f)}" for f in feed.field_names)},
                NULL::JSON AS {ident(feed.extras_column)}
         FROM read_rejects
         """
     )
     con.execute("DROP TABLE csv_rows; DROP TABLE not_records")
+    return split, best[1]
+
+
+def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
+    """Temp table `staged` from an uncompressed CSV file: one row per record.
+
+    A record that opens a quote it does not close on its line (DuckDB's reader would take the
+    rest of the file, or everything up to the next such quote, as that one record) is cut at the
+    end of that physical line and rejected with a reason saying so; so is a record where DuckDB
+    lost its place after text following a closing quote, at the record's end (_quote_split).
+    The lines after the cut are read again as records, with their own line numbers (header, then
+    the rest of the file from after the cut, in a temp file copied by streaming). At most
+    MAX_QUOTE_SPLITS cuts per file.
+    """
+    header = read_csv_header(path)
+    part, line_offset, splits, escapes = path, 0, 0, header.escapes
+    try:
+        while True:
+            split, escape = _stage_part(
+                con,
+                part,
+                header,
+                feed,
+                line_offset,
+                split_quotes=splits < MAX_QUOTE_SPLITS,
+                escapes=escapes,
+            )
+            escapes = (escape,)  # the rest of the file is read with the first part's escape
+            if split is None:
+                return
+            splits += 1
+            line_offset += split.line - 1  # the record after the split is line 2 of the next part
+            rest = path.with_name(f"{path.name}.after-quote-{splits}")
+            _without_header(part, header, split.rest, rest)
+            if part != path:
+                part.unlink(missing_ok=True)
+            part = rest
+            if rest.stat().st_size <= header.end:
+                return
+    finally:
+        if part != path:
+            part.unlink(missing_ok=True)
 
 
 class NdjsonFileCheck:
@@ -439,31 +942,52 @@ class NdjsonFileCheck:
         return None
 
 
-def normalize_line_ends(path: Path, dest: Path) -> None:
-    """Copy the file to `dest` with CRLF line ends turned into LF, streaming."""
+def normalize_line_ends(path: Path, dest: Path, *, lone_cr: bool = False) -> None:
+    """Copy the file to `dest` with CRLF line ends turned into LF (and with `lone_cr`, every
+    other CR too), streaming."""
     with open(path, "rb") as src, open(dest, "wb") as out:
         carry = b""
-        while chunk := src.read(1 << 20):
+        while chunk := src.read(READ_BYTES):
             chunk = carry + chunk
             # a CR at the end of a chunk may be the first half of a CRLF
             carry, chunk = (b"\r", chunk[:-1]) if chunk.endswith(b"\r") else (b"", chunk)
-            out.write(chunk.replace(b"\r\n", b"\n"))
-        out.write(carry)
+            chunk = chunk.replace(b"\r\n", b"\n")
+            out.write(chunk.replace(b"\r", b"\n") if lone_cr else chunk)
+        out.write(b"\n" if carry and lone_cr else carry)
+
+
+def _mixed_line_ends(exc: duckdb.Error) -> bool:
+    """DuckDB's strict CSV mode refuses a file that mixes line ends (CRLF and LF, or a CR that
+    is not part of a CRLF in a file of LF, outside quotes) with this error."""
+    return "state machine reached an invalid state" in str(exc)
 
 
 def _stage_plain_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
+    """stage_csv; a file whose line ends DuckDB cannot follow is read again from a copy with
+    CRLF turned into LF, then (if it still fails) with every CR read as a line end, as Python's
+    csv module and spreadsheets read them."""
     try:
         stage_csv(con, path, feed)
+        return
     except duckdb.InvalidInputException as exc:
-        # DuckDB's strict CSV mode refuses a file that mixes CRLF and LF line ends.
-        if "state machine reached an invalid state" not in str(exc):
+        if not _mixed_line_ends(exc):
             raise
-        lf_only = path.with_name(path.name + ".lf")
-        try:
-            normalize_line_ends(path, lf_only)
-            stage_csv(con, lf_only, feed)
-        finally:
-            lf_only.unlink(missing_ok=True)
+    lf_only = path.with_name(path.name + ".lf")
+    try:
+        for lone_cr in (False, True):
+            normalize_line_ends(path, lf_only, lone_cr=lone_cr)
+            try:
+                stage_csv(con, lf_only, feed)
+                return
+            except duckdb.InvalidInputException as exc:
+                if not _mixed_line_ends(exc):
+                    raise
+    finally:
+        lf_only.unlink(missing_ok=True)
+    raise UnsupportedFile(  # pragma: no cover - every line end is LF by now
+        "the CSV reader cannot follow the file's line ends: re-export it with one kind of line "
+        "end (LF or CRLF)"
+    )
 
 
 def _damage_reason(content: FileBytes) -> str:
@@ -526,8 +1050,10 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
         write_plain(records.content, plain)
         if records.damage:
             cut_after_last_line(plain)
-            if not read_csv_header(plain):
-                raise UnsupportedFile(f"{records.damage} (no complete header row)")
+            try:
+                read_csv_header(plain)
+            except UnsupportedFile:
+                raise UnsupportedFile(f"{records.damage} (no complete header row)") from None
         _stage_plain_csv(con, plain, feed)
     finally:
         plain.unlink(missing_ok=True)

@@ -1,6 +1,7 @@
 """Row rules of each feed as pandera schemas, built from the feed declarations.
 
-DuckDB does the casting (`TRY_CAST`, NULL when a value does not convert); the pandera schema holds
+DuckDB does the casting (`TRY_CAST`, NULL when a value does not convert - NaN and infinities,
+which its casts take, count as not converting); the pandera schema holds
 the rules a row must satisfy (required fields present and non-empty, values of the declared type,
 emails that look like emails, timestamps in Unix seconds) and names the failing rows.
 
@@ -35,21 +36,28 @@ TYPE_NAMES = {
 FAILURES_SCHEMA = pyarrow.schema([("line_number", pyarrow.int64()), ("reason", pyarrow.string())])
 
 
+def _finite(sql: str) -> str:
+    """NULL for NaN and infinities, which DuckDB's casts accept ('NaN', 'inf', 'infinity'...)
+    but are not numbers or times a row can hold."""
+    return f"CASE WHEN isfinite({sql}) THEN {sql} END"
+
+
 def typed_sql(field: FieldSpec) -> str:
-    """SQL over a record's field text giving the typed value, NULL when it does not convert."""
+    """SQL over a record's field text giving the typed value, NULL when it does not convert
+    (NaN and infinite values do not)."""
     col = f"nullif(trim({ident(field.name)}), '')"
     if field.kind == "unix_seconds":
-        return f"TRY_CAST({col} AS DOUBLE)"
+        return _finite(f"TRY_CAST({col} AS DOUBLE)")
     if field.kind == "timestamp":
         seconds = f"TRY_CAST({col} AS DOUBLE)"
         return (
-            f"coalesce(TRY_CAST({col} AS TIMESTAMPTZ), CASE WHEN {seconds} >= 0 AND {seconds} < "
-            f"{MAX_UNIX_SECONDS} THEN to_timestamp({seconds}) END)"
+            f"coalesce({_finite(f'TRY_CAST({col} AS TIMESTAMPTZ)')}, CASE WHEN {seconds} >= 0 "
+            f"AND {seconds} < {MAX_UNIX_SECONDS} THEN to_timestamp({seconds}) END)"
         )
     if field.kind == "boolean":
         return f"TRY_CAST({col} AS BOOLEAN)"
     if field.kind == "number":
-        return f"TRY_CAST({col} AS DOUBLE)"
+        return _finite(f"TRY_CAST({col} AS DOUBLE)")
     return ident(field.name)
 
 

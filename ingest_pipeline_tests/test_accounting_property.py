@@ -178,6 +178,7 @@ def csv_tokenise(body: bytes) -> list[tuple[bytes, list[bytes] | None, str | Non
             c = body[pos : pos + 1]
             if at_field_start and c == b'"':
                 # quoted field
+                opening = pos
                 pos += 1
                 closed = False
                 while pos < n:
@@ -192,14 +193,22 @@ def csv_tokenise(body: bytes) -> list[tuple[bytes, list[bytes] | None, str | Non
                         break
                     buf += c
                     pos += 1
-                if not closed:
-                    # DEFENSIBLE: an unterminated quote makes the rest of the file one record (a
-                    # reader cannot know where the record was meant to end); it is quarantined
-                    # whole with its raw text, so nothing is lost (RELIABILITY.md, known gaps).
-                    problem = "quote"
-                    break
                 nxt = body[pos : pos + 1]
-                if nxt not in (b",", b"\n", b"") and body[pos : pos + 2] != b"\r\n":
+                junk = nxt not in (b",", b"\n", b"") and body[pos : pos + 2] != b"\r\n"
+                line_end = body.find(b"\n", opening)
+                if not closed or (
+                    junk
+                    and 0 <= line_end < pos - 1
+                    and body[pos - 2 : pos - 1] in (b",", b"\n", b"\r")
+                ):
+                    # An unterminated quote (never closed, or closed only by a quote where a
+                    # field starts on a later line, most likely the next unterminated one): the
+                    # record ends with the line that opens the quote, the lines after it are
+                    # records again (SPEC 4 "unescaped quote"; parsing.stage_csv).
+                    problem = "quote"
+                    pos = n if line_end < 0 else line_end + 1
+                    break
+                if junk:
                     # text after a closing quote: the record is rejected; the reader goes on
                     # to the record's end (later quoted fields still quote line breaks)
                     problem = "quote"
@@ -822,7 +831,8 @@ def csv_file(draw: st.DrawFn) -> bytes:
             values["event_timestamp"] = str(draw(BAD_SECONDS.filter(_scalar)))
             records.append(record(values))
     if draw(st.integers(0, 5)) == 0:
-        # an unterminated quote: the rest of the file (quote-free rows) is one record
+        # an unterminated quote: that line is rejected, the (quote-free) rows after it are
+        # read as records of their own
         values = valid_values()
         records.append(b'"never closed,' + b",".join(values[c].encode() for c in header[1:]))
         for _ in range(draw(st.integers(0, 2))):
@@ -966,6 +976,7 @@ def test_oracle_reads_what_it_should() -> None:
         (4, "fewer fields"),
         (5, "quote"),
         (6, "quote"),
+        (7, None),
     ]
     assert recs[0].row == {"event_text": "a\nb", "event_timestamp": "1", "contact_key": "c"}
     assert recs[1].row["event_text"] == 'x"y'
