@@ -83,6 +83,9 @@ MAX_CSV_COLUMNS = 2048
 # Records cut at a quote per file, at most (each cut reads the rest of the file again: a file of
 # 300 lines each opening a quote took 8 s with 100); after that DuckDB's own grouping stands.
 MAX_QUOTE_SPLITS = 20
+# ... and fewer in a wide file, whose every read costs more (1,047 columns: 2 s for 100 records):
+# at most QUOTE_SPLIT_CELLS / columns, and at least one.
+QUOTE_SPLIT_CELLS = 2_000
 # The two escapes of a quote inside a quoted CSV field (SPEC 3.1), in the order they are tried.
 CSV_ESCAPES = ('"', "\\")
 
@@ -541,15 +544,26 @@ def _scan_csv(con: duckdb.DuckDBPyConnection, path: Path, columns: int, escape: 
     return con.execute("SELECT count(DISTINCT line) FROM reject_errors").fetchall()[0][0]
 
 
+# From this many columns on a record's text is built by one lambda over the list of its fields:
+# binding a CASE per column took 1.2 s for 1,000 columns (0.14 s as a lambda), but the lambda is
+# slower per row (2M rows of 3 columns: 1.4 s -> 1.8 s).
+WIDE_RECORD_TEXT = 64
+
+
 def _csv_record_text(columns: int) -> str:
     """SQL re-serialising a parsed CSV row as a CSV line (its raw text in the quarantine)."""
-    parts = [
-        f"CASE WHEN {c} IS NULL THEN '' "
-        f"WHEN regexp_matches({c}, '[\",\\r\\n]') "
-        f"THEN '\"' || replace({c}, '\"', '\"\"') || '\"' ELSE {c} END"
-        for c in map(_column, range(columns))
-    ]
-    return "concat_ws(',', " + ", ".join(parts) + ")"
+
+    def field(c: str) -> str:
+        return (
+            f"CASE WHEN {c} IS NULL THEN '' WHEN regexp_matches({c}, '[\",\\r\\n]') "
+            f"THEN '\"' || replace({c}, '\"', '\"\"') || '\"' ELSE {c} END"
+        )
+
+    names = [_column(i) for i in range(columns)]
+    if columns >= WIDE_RECORD_TEXT:
+        fields = "[" + ", ".join(names) + "]"
+        return f"array_to_string(list_transform({fields}, lambda f: {field('f')}), ',')"
+    return "concat_ws(',', " + ", ".join(map(field, names)) + ")"
 
 
 def _has_blank_line(path: Path) -> bool:
@@ -865,9 +879,10 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> Non
     lost its place after text following a closing quote, at the record's end (_quote_split).
     The lines after the cut are read again as records, with their own line numbers (header, then
     the rest of the file from after the cut, in a temp file copied by streaming). At most
-    MAX_QUOTE_SPLITS cuts per file.
+    MAX_QUOTE_SPLITS cuts per file, fewer for a wide one (QUOTE_SPLIT_CELLS).
     """
     header = read_csv_header(path)
+    max_splits = max(1, min(MAX_QUOTE_SPLITS, QUOTE_SPLIT_CELLS // len(header.names)))
     part, line_offset, splits, escapes = path, 0, 0, header.escapes
     try:
         while True:
@@ -877,7 +892,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> Non
                 header,
                 feed,
                 line_offset,
-                split_quotes=splits < MAX_QUOTE_SPLITS,
+                split_quotes=splits < max_splits,
                 escapes=escapes,
             )
             escapes = (escape,)  # the rest of the file is read with the first part's escape
