@@ -419,24 +419,26 @@ def merge_pending(
                     ledger.reread(con, p, error=error, at=now())
         if not present:
             return outcome
+        # DuckDB refusing the rows (a conversion, a constraint) is the files' doing; anything
+        # else (a bug, the machine) fails the run and leaves the files `parsed`.
         try:
             _merge_files(con, feed, present, paths, outcome)
             return outcome
-        except Exception as exc:
+        except duckdb.Error as exc:
             if _warehouse_trouble(exc):
                 raise
         # One file that cannot merge must not hold back the others: merge them one by one.
         for p in present:
             try:
                 _merge_files(con, feed, [p], paths, outcome)
-            except Exception as exc:
+            except duckdb.Error as exc:
                 if _warehouse_trouble(exc):
                     raise
                 _fail_merge(con, p, paths[p.source_uri, p.etag], exc, outcome)
     return outcome
 
 
-def _warehouse_trouble(exc: Exception) -> bool:
+def _warehouse_trouble(exc: duckdb.Error) -> bool:
     """Errors of the warehouse or the machine (I/O, memory, a lock, disk full), not of the rows
     being merged."""
     return kind_of(exc) == "machinery" or isinstance(
@@ -454,7 +456,7 @@ def _fail_merge(
     con: duckdb.DuckDBPyConnection,
     pending: ledger.PendingFile,
     bronze_path: Path,
-    exc: Exception,
+    exc: duckdb.Error,
     outcome: MergeOutcome,
 ) -> None:
     error = (

@@ -258,11 +258,11 @@ def test_a_file_whose_rows_cannot_merge_fails_alone_with_its_rows_quarantined(si
         uri = con.execute(
             "SELECT bronze_uri FROM ingested_files WHERE landing_key = 'track/b.jsonl'"
         ).fetchall()[0][0]
-        # A bronze file of the right name whose event_timestamp is not a timestamp: its rows
-        # do not fit `events` (as a bronze file of an older, incompatible layout would not).
+        # A bronze file of the right name whose properties are not JSON: its rows do not fit
+        # `events` (as a bronze file of an older, incompatible layout would not).
         path = site["lake"].root / uri
         con.execute(
-            f"COPY (SELECT * REPLACE ('not a time' AS event_timestamp) FROM read_parquet('{path}'))"
+            f"COPY (SELECT * REPLACE ('{{not json' AS properties) FROM read_parquet('{path}'))"
             f" TO '{path}.new' (FORMAT parquet)"
         )
     os.replace(f"{path}.new", path)
