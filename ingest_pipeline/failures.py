@@ -52,6 +52,7 @@ _TRANSIENT_CLASS_NAMES = {
     "IncompleteRead",
     "FlexibleChecksumError",
     "ChecksumError",
+    "ChecksumMismatch",
     "ProtocolError",
     "HTTPClientError",
     "ProxyConnectionError",

@@ -12,7 +12,9 @@ content has a different ETag and is a different object.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -60,6 +62,10 @@ class LandedObject:
             last_modified=last_modified.astimezone(UTC),
             uri=str(data["uri"]),
         )
+
+
+class ChecksumMismatch(Exception):
+    """The bytes downloaded are not the object's (its ETag says otherwise): corrupted in transit."""
 
 
 class FileVanished(Exception):
@@ -327,7 +333,9 @@ class S3Landing:
         # One GetObject streamed to disk in fixed-size chunks. IfMatch makes S3 itself refuse (412)
         # a version other than the one listed. (boto3's download_fileobj cannot be used for this:
         # s3transfer does not accept IfMatch in ExtraArgs and only pins the ETag on multipart
-        # downloads, so a replaced small file would be read silently.)
+        # downloads, so a replaced small file would be read silently.) The bytes are checked
+        # against the ETag as they stream (_EtagCheck): botocore validates a stored CRC only for
+        # single-part objects uploaded with one, never the ETag.
         key = obj_or_key if isinstance(obj_or_key, str) else obj_or_key.key
         kwargs: dict[str, Any] = {"Bucket": self.bucket, "Key": self._full_key(key)}
         if not isinstance(obj_or_key, str):
@@ -336,12 +344,17 @@ class S3Landing:
         try:
             response = self.client.get_object(**kwargs)
             body = response["Body"]
+            check = _EtagCheck.for_response(self, kwargs["Key"], response)
             try:
                 with open(dest, "wb") as out:
                     for chunk in body.iter_chunks(_CHUNK_BYTES):
                         out.write(chunk)
+                        if check is not None:
+                            check.update(chunk)
             finally:
                 body.close()
+            if check is not None:
+                check.verify(key)
         except ClientError as exc:
             dest.unlink(missing_ok=True)
             code = _error_code(exc)
@@ -374,6 +387,68 @@ class S3Landing:
 
     def __repr__(self) -> str:
         return f"S3Landing({self.url!r})"
+
+
+class _EtagCheck:
+    """The MD5s an object's ETag is made of, computed over the bytes as they are downloaded.
+
+    A single-part upload's ETag is the MD5 of its bytes; a multipart upload's is the MD5 of its
+    parts' MD5s, then "-<parts>" (parts are all the size of the first but the last). Objects
+    encrypted with SSE-KMS or SSE-C have other ETags: they are not checked here.
+    """
+
+    def __init__(self, etag: str, part_size: int | None) -> None:
+        self.etag, self.part_size = etag, part_size
+        self.digests: list[bytes] = []
+        self.current = hashlib.md5(usedforsecurity=False)
+        self.in_part = 0
+
+    @classmethod
+    def for_response(cls, zone: S3Landing, full_key: str, response: dict) -> _EtagCheck | None:
+        etag = str(response.get("ETag", "")).strip('"')
+        if response.get("SSECustomerAlgorithm") or str(
+            response.get("ServerSideEncryption", "")
+        ).startswith("aws:kms"):
+            return None
+        if _PLAIN_MD5.fullmatch(etag):
+            return cls(etag, None)
+        match = _MULTIPART_ETAG.fullmatch(etag)
+        if match is None:
+            return None
+        head = zone.client.head_object(Bucket=zone.bucket, Key=full_key, PartNumber=1)
+        return cls(etag, int(head["ContentLength"]))
+
+    def update(self, chunk: bytes) -> None:
+        if self.part_size is None:
+            self.current.update(chunk)
+            return
+        view = memoryview(chunk)
+        while view:
+            take = min(len(view), self.part_size - self.in_part)
+            self.current.update(view[:take])
+            self.in_part += take
+            view = view[take:]
+            if self.in_part == self.part_size:
+                self.digests.append(self.current.digest())
+                self.current, self.in_part = hashlib.md5(usedforsecurity=False), 0
+
+    def verify(self, key: str) -> None:
+        if self.part_size is None:
+            got = self.current.hexdigest()
+        else:
+            if self.in_part:
+                self.digests.append(self.current.digest())
+            got = f"{hashlib.md5(b''.join(self.digests), usedforsecurity=False).hexdigest()}"
+            got += f"-{len(self.digests)}"
+        if got != self.etag:
+            raise ChecksumMismatch(
+                f"{key}: the bytes received do not match the object's ETag ({got} instead of "
+                f"{self.etag}): corrupted in transit"
+            )
+
+
+_PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
+_MULTIPART_ETAG = re.compile(r"[0-9a-f]{32}-[0-9]+")
 
 
 def _error_code(exc: ClientError) -> str:

@@ -229,3 +229,51 @@ def test_local_listing_refuses_prefixes_outside_the_root(prefix: str, tmp_path: 
 def test_landed_object_dict_round_trip(landing: LandingZone) -> None:
     obj = landing.put("crm/leads.csv", b"email\n")
     assert LandedObject.from_dict(obj.to_dict()) == obj
+
+
+# --- end-to-end integrity: the bytes downloaded are checked against the ETag --------------------
+
+
+@pytest.mark.parametrize("multipart", [False, True], ids=["single-part", "multipart"])
+def test_a_download_corrupted_in_transit_is_refused_by_its_etag(
+    s3_bucket, moto_endpoint: str, tmp_path: Path, multipart: bool
+) -> None:
+    """botocore validates a stored CRC only for single-part objects uploaded with one; an object
+    uploaded without a checksum, or in parts, must still not be read corrupted."""
+    import boto3
+    from boto3.s3.transfer import TransferConfig
+    from botocore.config import Config
+
+    from ingest_pipeline.landing import ChecksumMismatch
+    from ingest_pipeline_tests.faulty_s3 import faulty_s3
+
+    _client, bucket = s3_bucket
+    body = os.urandom(12 * 1024 * 1024 if multipart else 300_000)
+    uploader = boto3.client(
+        "s3",
+        endpoint_url=moto_endpoint,
+        config=Config(request_checksum_calculation="when_required"),
+    )
+    src = tmp_path / "src.bin"
+    src.write_bytes(body)
+    uploader.upload_file(
+        str(src),
+        bucket,
+        "drop/track/f.jsonl",
+        Config=TransferConfig(
+            multipart_threshold=5 * 1024 * 1024, multipart_chunksize=5 * 1024 * 1024
+        ),
+    )
+    etag = uploader.head_object(Bucket=bucket, Key="drop/track/f.jsonl")["ETag"].strip('"')
+    assert etag.endswith("-3") if multipart else "-" not in etag
+    with faulty_s3(moto_endpoint) as proxy:
+        client = boto3.client("s3", endpoint_url=proxy.endpoint)
+        zone = S3Landing(f"s3://{bucket}/drop", client=client)
+        obj = zone.stat("track/f.jsonl")
+        assert obj is not None
+        zone.download(obj, tmp_path / "ok.bin")  # intact: accepted
+        assert (tmp_path / "ok.bin").read_bytes() == body
+        proxy.corrupt_checksum("track/f.jsonl")
+        with pytest.raises(ChecksumMismatch, match="do not match the object's ETag"):
+            zone.download(obj, tmp_path / "bad.bin")
+        assert not (tmp_path / "bad.bin").exists()
