@@ -696,34 +696,38 @@ def _line_start(src, at: int) -> int:  # noqa: ANN001 - binary file
     return 0
 
 
-def _record_end(src, pos: int, escape: str) -> int:  # noqa: ANN001 - binary file
-    """Offset after the end of the record whose unquoted field (or text after a closing quote)
-    is read at `pos`: fields on to a line end outside quotes, a quote opening a quoted field
-    only at the start of a field (as the header is read)."""
+def _scan_record(src, start: int, escape: str) -> tuple[int, tuple[int, int, str] | None]:  # noqa: ANN001
+    """Read the record at `start` as the file has it: `,` separates fields, a quote opens a
+    quoted field only at the start of a field (text after its closing quote belongs to the
+    field), and the record ends at a line end outside quotes. Returns (offset after the record,
+    None), or for a field that opens a quote not closed on its line - never closed, or only by a
+    quote where a field could start on a later line (the next unterminated quote, most likely) -
+    (offset after that line, (field number, offset of that line's end, what the quote ran to))."""
+    pos, field = start, 1
     while True:
-        found = _find(src, pos, _FIELD_END)
-        if found is None:
-            return src.seek(0, 2)
-        at, byte = found
-        if byte != b",":
-            return _after_line_end(src, at, byte)
-        pos = at + 1
         src.seek(pos)
         if src.read(1) == b'"':
             closing = _closing_quote(src, pos, escape)
+            end, after = _line_end(src, pos)
             if closing is None:
-                return src.seek(0, 2)
+                return after, (field, end, "the end of the file")
+            src.seek(closing - 1)
+            if closing > end and src.read(1) in (b",", b"\r", b"\n"):
+                return after, (field, end, "a quote on a later line that starts a field")
             pos = closing + 1
+        found = _find(src, pos, _FIELD_END)
+        if found is None:
+            return src.seek(0, 2), None
+        at, byte = found
+        if byte != b",":
+            return _after_line_end(src, at, byte), None
+        pos, field = at + 1, field + 1
 
 
 def _without_line_end(text: bytes) -> bytes:
-    return (
-        text[:-2]
-        if text.endswith(b"\r\n")
-        else text[:-1]
-        if text.endswith((b"\r", b"\n"))
-        else text
-    )
+    if text.endswith(b"\r\n"):
+        return text[:-2]
+    return text[:-1] if text.endswith((b"\r", b"\n")) else text
 
 
 def _quote_split(con: duckdb.DuckDBPyConnection, path: Path, escape: str) -> _QuoteSplit | None:
@@ -731,16 +735,16 @@ def _quote_split(con: duckdb.DuckDBPyConnection, path: Path, escape: str) -> _Qu
 
     * it opens a quote not closed on its line - never closed, or only by a quote where a field
       could start (the next unterminated quote, most likely): the record ends with that line;
-    * a closing quote with text after it, where DuckDB's record (its `csv_line`) is not the
-      record of the file (it loses its place when the text holds quotes, and reads the rest of
-      the line as another record): the record ends where the file says.
+    * DuckDB's record (its `csv_line`) is not the record of the file: after text that follows a
+      closing quote it can lose its place (report another record's text, read the rest of the
+      line as a record of its own): the record ends where the file says.
 
     A quoted field that closes, line breaks and all, is left alone, and so is a record DuckDB
     rejects as the file has it.
     """
     candidates = con.execute(
         """
-        SELECT line, line_byte_position, byte_position, column_idx, csv_line
+        SELECT line, line_byte_position, byte_position, csv_line
         FROM reject_errors
         WHERE error_type = 'UNQUOTED VALUE' AND byte_position IS NOT NULL
           AND line_byte_position IS NOT NULL
@@ -750,38 +754,25 @@ def _quote_split(con: duckdb.DuckDBPyConnection, path: Path, escape: str) -> _Qu
     ).fetchall()
     size = path.stat().st_size
     with open(path, "rb") as src:
-        for line, line_position, quote_position, column, csv_line in candidates:
-            opening = quote_position - 1  # DuckDB's positions count from 1
-            src.seek(opening)
-            if not 0 <= opening < size or src.read(1) != b'"':
+        for line, line_position, error_position, csv_line in candidates:
+            at = error_position - 1  # DuckDB's positions count from 1
+            if not 0 <= at < size:
                 continue  # not where DuckDB's positions were expected: leave its verdict
             duck = (csv_line or "").lstrip("\r\n").encode()
-            start = line_position - 1
-            src.seek(max(start, 0))
-            lead = src.read(max(opening - start, 0) + 1)
+            start = max(line_position - 1, 0)
+            src.seek(start)
+            lead = src.read(max(at - start, 0) + 1)
             start += len(lead) - len(lead.lstrip(b"\r\n"))  # line ends before the record
-            src.seek(max(start, 0))
-            if (
-                not 0 <= start <= opening < start + len(duck)
-                or src.read(min(len(duck), 256)) != duck[:256]
-            ):
-                start = _line_start(src, opening)  # DuckDB lost its place: the quote's line
-            end, after = _line_end(src, opening)
-            closing = _closing_quote(src, opening, escape)
-            if closing is not None:
-                src.seek(closing - 1)
-                at_field_start = src.read(1) in (b",", b"\r", b"\n")
-            if closing is None or (closing > end and at_field_start):
-                until = (
-                    "the end of the file"
-                    if closing is None
-                    else ("a quote on a later line that starts a field")
-                )
+            src.seek(start)
+            if not start <= at < start + len(duck) or src.read(min(len(duck), 256)) != duck[:256]:
+                start = _line_start(src, at)  # DuckDB lost its place: the error's line
+            after, unterminated = _scan_record(src, start, escape)
+            if unterminated is not None:
+                field, end, until = unterminated
                 src.seek(start)
                 text = src.read(min(end - start, RAW_TEXT_LIMIT * 4))
-                reason = _UNTERMINATED.format(column=column, until=until)
+                reason = _UNTERMINATED.format(column=field, until=until)
             else:
-                after = _record_end(src, closing + 1, escape)
                 src.seek(start)
                 text = _without_line_end(src.read(min(after - start, RAW_TEXT_LIMIT * 4)))
                 if text == _without_line_end(duck) or (len(duck) >= 1000 and text.startswith(duck)):

@@ -924,3 +924,23 @@ def test_a_wide_csv_row_that_breaks_a_rule_keeps_its_text(tmp_path: Path) -> Non
     (reject,) = report.rejects.to_pylist()
     assert reject["raw"] == row.decode()
     assert reject["reason"] == "field 'event_timestamp' must be Unix seconds (a number), got 'soon'"
+
+
+def test_duckdb_losing_its_place_where_the_error_is_not_at_a_quote(tmp_path: Path) -> None:
+    """Found by scripts/fuzz_reader.py (hypothesis engine). Was: as above, but DuckDB's error
+    position is the space before an unquoted field full of quotes, not a quote: 4 records read
+    from a file of 3, the garbage row '"0"": null}' loaded, the raw text line 2's."""
+    body = (
+        b"contact_key,account_key,tags,n,plan,note\r\nc1,a1,,,,\r\n"
+        b'"{""0"": """, """": null, ""0"": null}","a1","","","",""\r\nc3,a1,,,,\r\n'
+    )
+    report = _read(tmp_path, "g.csv", body, feed="group")
+    assert (report.rows_read, report.rows_valid) == (3, 2)
+    (reject,) = report.rejects.to_pylist()
+    assert reject["line_number"] == 3
+    assert reject["raw"] == '"{""0"": """, """": null, ""0"": null}","a1","","","",""'
+    loaded = pq.read_table(report.bronze_path, columns=["line_number", "contact_key"])
+    assert sorted(loaded.to_pylist(), key=lambda r: r["line_number"]) == [
+        {"line_number": 2, "contact_key": "c1"},
+        {"line_number": 4, "contact_key": "c3"},
+    ]
