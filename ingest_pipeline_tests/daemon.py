@@ -67,5 +67,11 @@ def running_daemon(root: Path, env: dict[str, str]) -> Iterator[Daemon]:
             try:
                 proc.wait(30)
             except subprocess.TimeoutExpired:
+                pass
+            # Run processes the code server started are in the daemon's process group and may
+            # outlive it (one waiting for a pool slot ignores SIGTERM): nothing is left behind.
+            try:
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            except ProcessLookupError:
+                pass
+            proc.wait()

@@ -4,9 +4,6 @@ bucket, and the warehouse filling up with no further action (sensors RUNNING by 
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,7 +14,7 @@ from ingest_pipeline import warehouse
 from ingest_pipeline.landing import landing_from_url
 from ingest_pipeline.samples import sample_files
 from ingest_pipeline_tests import oracle
-from ingest_pipeline_tests.daemon import dagster_home
+from ingest_pipeline_tests.daemon import dagster_home, running_daemon
 
 REPO = Path(__file__).resolve().parent.parent
 DEADLINE_SECONDS = 300
@@ -45,17 +42,7 @@ def test_daemon_ingests_dropped_files(s3_bucket, tmp_path: Path) -> None:
         INGEST_SENSOR_INTERVAL_SECONDS="1",
     )
     env["DAGSTER_HOME"] = str(dagster_home(tmp_path, env))
-    daemon_bin = Path(sys.executable).parent / "dagster-daemon"
-    log = (tmp_path / "daemon.log").open("w")
-    daemon = subprocess.Popen(
-        [str(daemon_bin), "run", "-w", "workspace.yaml"],
-        cwd=REPO,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
+    with running_daemon(tmp_path, env) as daemon:
         landing = landing_from_url(f"s3://{bucket}/drop", s3_client=client)
         samples = {k: v for k, v in sample_files().items() if k.startswith(("track/", "identify/"))}
         for key, body in samples.items():
@@ -79,17 +66,9 @@ def test_daemon_ingests_dropped_files(s3_bucket, tmp_path: Path) -> None:
                 k for k, s in files if s == "ingested"
             ) == sorted(samples):
                 break
-            assert daemon.poll() is None, (tmp_path / "daemon.log").read_text()[-3000:]
+            assert daemon.alive(), daemon.tail(3000)
             time.sleep(2)
         else:
             pytest.fail(
-                f"warehouse not filled in {DEADLINE_SECONDS}s: {state}\n"
-                + (tmp_path / "daemon.log").read_text()[-3000:]
+                f"warehouse not filled in {DEADLINE_SECONDS}s: {state}\n" + daemon.tail(3000)
             )
-    finally:
-        os.killpg(daemon.pid, signal.SIGTERM)
-        try:
-            daemon.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(daemon.pid, signal.SIGKILL)
-        log.close()
