@@ -105,7 +105,7 @@ def main() -> None:
             prefill(wh, args.stored, args.rows, tmp)
             shutil.copy(wh, tmp / "prefilled.duckdb")
             lasts = []
-            for r in range(args.repeat):
+            for _ in range(args.repeat):
                 shutil.copy(tmp / "prefilled.duckdb", wh)
                 lasts.append(merge(wh, batches[1], 1))
             results.update(stored_rows=args.stored, last_merge_s=lasts)
