@@ -1,23 +1,30 @@
-"""One landed file -> typed bronze rows (Parquet) + rejected rows (quarantine Parquet), with counts.
+"""Landed files -> typed bronze rows (Parquet) + rejected rows (quarantine Parquet), with counts.
 
-One streaming pass: DuckDB reads the file's records (parsing.py) in a private in-memory database,
-types their fields and takes their extras; chunk by chunk the feed's pandera schema names the
-rows that break a rule (validation.py); good rows are appended to the bronze file and every other
-record to the quarantine file, with its line number, raw text and reason. Nothing of the file is
-held beyond one chunk, so memory is bounded whatever the file size, and the warehouse is not
+One streaming pass: DuckDB reads the records (parsing.py) in a private in-memory database, types
+their fields, takes their extras, evaluates the feed's row rules (validation.py) and hashes each
+row's keys, all in one query; chunk by chunk, good rows are appended to the bronze file and every
+other record to the quarantine file, with its line number, raw text and reason. Nothing is held
+beyond a few chunks, so memory is bounded whatever the file size, and the warehouse is not
 touched: it sees the result later, in one merge transaction.
 
-A verdict on the whole file (one JSON document, only NUL bytes, the feed's error policy refusing
-the file) is known only at the end: then the records are read a second time and every one goes to
-the quarantine with the reason, so that rows_read = rows_loaded + rows_duplicate + rows_rejected
-still holds.
+Two ways in, one engine (`_stream`):
+
+* `process_file`: one file, any format and size. A verdict on the whole file (one JSON document,
+  only NUL bytes, the feed's error policy refusing the file) is known only at the end: then the
+  records are read a second time and every one goes to the quarantine with the reason, so that
+  rows_read = rows_loaded + rows_duplicate + rows_rejected still holds.
+* `process_pass`: many small NDJSON files as one stream, each line tagged with its file's index:
+  one query, one bronze file and one quarantine file for the pass, counts per file. A file that
+  needs a whole-file verdict (gzip damage, no records, mostly not JSON objects, an error policy
+  refusing it) is taken out of the pass outputs and read again on its own by `process_file`, so
+  every file ends exactly as it would alone.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,15 +37,18 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from ingest_pipeline.config import FeedPolicy
-from ingest_pipeline.feeds import FeedSpec, FieldSpec
+from ingest_pipeline.feeds import FeedSpec, FieldSpec, TargetSpec
+from ingest_pipeline.merge import key_hash_columns, key_hash_sql, split_hash_sql
 from ingest_pipeline.parsing import (
     DESCRIBE_JSON_ERRORS,
     INVALID_JSON,
     NdjsonFileCheck,
+    NdjsonPass,
     Records,
     UnsupportedFile,
     describe_invalid_json,
     ident,
+    ndjson_pass,
     open_records,
     quarantine_raw,
     quarantine_raw_sql,
@@ -47,7 +57,7 @@ from ingest_pipeline.parsing import (
 from ingest_pipeline.validation import (
     MAX_UNIX_SECONDS,
     TYPE_NAMES,
-    RowValidator,
+    rule_failures_sql,
     typed_column,
     typed_sql,
     validation_columns_sql,
@@ -58,7 +68,10 @@ MEMORY_LIMIT = "1GB"
 # 500k: 2.6 s and 1.1 GiB (fewer, bigger chunks in flight), 50k: 2.4 s and 0.6 GiB.
 CHUNK_ROWS = 100_000
 CHUNKS_IN_FLIGHT = 2  # handed to the worker thread and not yet written
-HEAD_REJECTS = 100  # rejected records kept in memory for reports and metadata
+HEAD_REJECTS = 100  # rejected records of a file kept in memory for reports and metadata
+HEAD_FILES = 50  # files of a pass whose first rejected records are kept in memory
+# NDJSON files up to this size (as landed) are read together in a pass; larger ones alone.
+BULK_MAX_BYTES = 4 * 1024 * 1024
 
 QUARANTINE_SCHEMA = pa.schema(
     [
@@ -77,6 +90,13 @@ PROVENANCE_COLUMNS = {
     "source_uri": pa.string(),
     "etag": pa.string(),
     "landed_at": pa.timestamp("us", "UTC"),
+}
+# The type of a field's bronze value, for hashing keys.
+_BRONZE_TYPES = {
+    "unix_seconds": "TIMESTAMP WITH TIME ZONE",
+    "timestamp": "TIMESTAMP WITH TIME ZONE",
+    "boolean": "BOOLEAN",
+    "number": "DOUBLE",
 }
 
 
@@ -114,10 +134,13 @@ class FileReport:
     rows_duplicate: int = 0  # only for refused files; otherwise the merge counts duplicates
     rows_rejected: int = 0
     error: str | None = None
+    # The bronze Parquet holding the file's rows (shared with the other files of a pass).
     bronze_path: Path | None = None
-    # Parquet of every rejected record (QUARANTINE_SCHEMA), None when nothing was rejected.
+    # Parquet of every rejected record (QUARANTINE_SCHEMA; shared with the other files of a
+    # pass), None when nothing was rejected.
     quarantine_path: Path | None = None
-    # The first rejected records in line order (line_number, raw, reason), for reports.
+    # The first rejected records in line order (line_number, raw, reason), for reports (files
+    # of a pass beyond the first HEAD_FILES with rejects have none here; the ledger has all).
     rejects_head: pa.Table = field(default_factory=_no_rejects)
 
     @property
@@ -126,7 +149,12 @@ class FileReport:
         quarantine file: for small files and tests; reports use `rejects_head`."""
         if self.quarantine_path is None:
             return _no_rejects()
-        return pq.read_table(self.quarantine_path, columns=REJECT_COLUMNS).sort_by("line_number")
+        table = pq.read_table(self.quarantine_path)
+        mine = pc.and_(
+            pc.equal(table["source_uri"], self.source.uri),
+            pc.equal(table["etag"], self.source.etag),
+        )
+        return table.filter(mine).select(REJECT_COLUMNS).sort_by("line_number")
 
 
 def new_connection(temp_dir: Path) -> duckdb.DuckDBPyConnection:
@@ -135,25 +163,42 @@ def new_connection(temp_dir: Path) -> duckdb.DuckDBPyConnection:
     con.execute(f"SET memory_limit = {sql_str(MEMORY_LIMIT)}")
     # Timestamps without an offset are UTC, whatever the machine's time zone (SPEC section 6).
     con.execute("SET TimeZone = 'UTC'")
+    con.execute("SET enable_progress_bar = false")  # DuckDB draws it on stdout for long queries
     return con
+
+
+class _Provenance:
+    """The files of a pass, by index: what every bronze and quarantine row says about its file."""
+
+    def __init__(self, sources: Sequence[SourceFile], feed: str) -> None:
+        self.sources = list(sources)
+        self.tenant = pa.array([s.tenant_id for s in sources], pa.string())
+        self.uri = pa.array([s.uri for s in sources], pa.string())
+        self.etag = pa.array([s.etag for s in sources], pa.string())
+        self.landed_at = pa.array([s.landed_at for s in sources], PROVENANCE_COLUMNS["landed_at"])
+        self.feed = pa.array([feed] * len(sources), pa.string())
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def tenant_sql(self) -> str:
+        """SQL: the tenant of a record's file (`file_index`), without a join (a join would not
+        keep the records in file order)."""
+        tenants = [s.tenant_id for s in self.sources]
+        if len(set(tenants)) == 1:
+            return sql_str(tenants[0])
+        return f"[{', '.join(sql_str(t) for t in tenants)}][r.file_index + 1]"
+
+    @staticmethod
+    def of(values: pa.Array, indexes: pa.Array) -> pa.Array:
+        """Per row, its file's value: dictionary-encoded (no string copied per row)."""
+        if pa.types.is_timestamp(values.type):
+            return values.take(indexes)
+        return pa.DictionaryArray.from_arrays(indexes, values)
 
 
 def _timestamp_column(field: FieldSpec) -> str:
     return f"{field.name}__timestamp"
-
-
-def _records_query(feed: FeedSpec, records_sql: str) -> str:
-    """Each record with what the rules check and what bronze stores, in one SELECT."""
-    select = ["line_number", "raw", "error", *validation_columns_sql(feed)]
-    for f in feed.fields:
-        if f.kind == "unix_seconds":
-            seconds = typed_sql(f)
-            select.append(
-                f"CASE WHEN {seconds} >= 0 AND {seconds} < {MAX_UNIX_SECONDS} "
-                f"THEN to_timestamp({seconds}) END AS {ident(_timestamp_column(f))}"
-            )
-    select.append(ident(feed.extras_column))
-    return f"SELECT {', '.join(select)} FROM ({records_sql})"
 
 
 def _bronze_value(field: FieldSpec) -> str:
@@ -165,31 +210,82 @@ def _bronze_value(field: FieldSpec) -> str:
     return field.name  # text, trimmed
 
 
-def _constant(value: object, type_: pa.DataType, n: int) -> pa.Array:
-    return pa.repeat(pa.scalar(value, type_), n)
+def _hashed_targets(feed: FeedSpec) -> list[TargetSpec]:
+    """Row targets whose key the bronze step can hash: every key column is the tenant or a
+    declared field taken as it is."""
+    fields = {f.name for f in feed.fields}
+    return [
+        t
+        for t in feed.targets
+        if t.mode == "row" and all(k == "tenant_id" or t.columns.get(k) in fields for k in t.key)
+    ]
 
 
-def _bronze_table(good: pa.Table, feed: FeedSpec, source: SourceFile) -> pa.Table:
-    """The bronze rows of a chunk: provenance, typed fields and the extras as JSON."""
-    n = good.num_rows
+def _key_hashes_sql(feed: FeedSpec, tenant: str) -> list[str]:
+    """SELECT items: each hashed target's key hash (merge.key_hash_columns), over the records
+    query (`r`); `tenant`: SQL giving the record's tenant."""
+    by_name = {f.name: f for f in feed.fields}
+    items = []
+    for target in _hashed_targets(feed):
+        parts, types = {}, {}
+        for k in target.key:
+            if k == "tenant_id":
+                parts[k], types[k] = tenant, "VARCHAR"
+            else:
+                f = by_name[target.columns[k]]
+                parts[k] = f"r.{ident(_bronze_value(f))}"
+                types[k] = _BRONZE_TYPES.get(f.kind, "VARCHAR")
+        hi, lo = split_hash_sql(key_hash_sql(parts, types))
+        hi_name, lo_name = key_hash_columns(target)
+        items += [f"{hi} AS {ident(hi_name)}", f"{lo} AS {ident(lo_name)}"]
+    return items
+
+
+def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:
+    """Each record with what bronze stores and why it is rejected, if it is, in one SELECT:
+    `error` (unreadable), `rule_error` (the row rules it breaks), typed fields, extras, key
+    hashes."""
+    select = ["file_index", "line_number", "raw", "error", *validation_columns_sql(feed)]
+    for f in feed.fields:
+        if f.kind == "unix_seconds":
+            seconds = typed_sql(f)
+            select.append(
+                f"CASE WHEN {seconds} >= 0 AND {seconds} < {MAX_UNIX_SECONDS} "
+                f"THEN to_timestamp({seconds}) END AS {ident(_timestamp_column(f))}"
+            )
+    select.append(ident(feed.extras_column))
+    records = f"SELECT {', '.join(select)} FROM ({records_sql})"
+    outer = [
+        "r.*",
+        f"CASE WHEN r.error IS NULL THEN {rule_failures_sql(feed)} END AS rule_error",
+        *_key_hashes_sql(feed, files.tenant_sql()),
+    ]
+    return f"SELECT {', '.join(outer)} FROM ({records}) r"
+
+
+def _bronze_table(
+    good: pa.Table, feed: FeedSpec, files: _Provenance, hashes: list[str]
+) -> pa.Table:
+    """The bronze rows of a chunk: provenance, typed fields, extras as JSON, key hashes."""
+    indexes = good["file_index"].combine_chunks()
     extras = good[feed.extras_column].combine_chunks()
-    provenance = (source.tenant_id, source.uri, source.etag, source.landed_at)
     columns = {
-        **{
-            name: _constant(value, PROVENANCE_COLUMNS[name], n)
-            for name, value in zip(PROVENANCE_COLUMNS, provenance, strict=True)
-        },
+        "tenant_id": files.of(files.tenant, indexes),
+        "source_uri": files.of(files.uri, indexes),
+        "etag": files.of(files.etag, indexes),
+        "landed_at": files.of(files.landed_at, indexes),
         "line_number": good["line_number"],
         **{f.name: good[_bronze_value(f)] for f in feed.fields},
         # Parquet's JSON logical type, so DuckDB reads the column back as JSON
         feed.extras_column: pa.ExtensionArray.from_storage(pa.json_(extras.type), extras),
+        **{h: good[h] for h in hashes},
     }
     return pa.table(columns)
 
 
 def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
-    """The reader's batches gathered into tables of about `rows` rows (pandera has a fixed cost
-    per call; DuckDB hands over batches the size of its input's)."""
+    """The reader's batches gathered into tables of about `rows` rows (a fixed cost per chunk
+    is paid per call; DuckDB hands over batches the size of its input's)."""
     pending: list[pa.RecordBatch] = []
     count = 0
     for batch in reader:
@@ -203,27 +299,31 @@ def _chunks(reader: pa.RecordBatchReader, rows: int) -> Iterator[pa.Table]:
 
 
 class _Quarantine:
-    """Rejected records appended to a Parquet file as they are found."""
+    """Rejected records appended to a Parquet file as they are found (in line order per file),
+    with the first ones of up to HEAD_FILES files kept for reports."""
 
-    def __init__(self, path: Path, source: SourceFile, feed: str) -> None:
-        self.path, self.source, self.feed = path, source, feed
+    def __init__(self, path: Path, files: _Provenance) -> None:
+        self.path, self.files = path, files
         self.writer: pq.ParquetWriter | None = None
         self.count = 0
-        self.head: list[pa.Table] = []
-        self.head_rows = 0
+        self.heads: dict[int, list[pa.Table]] = {}
+        self.head_rows: dict[int, int] = {}
 
-    def add(self, line_numbers: pa.Array, raw: pa.Array, reasons: pa.Array) -> None:
+    def add(
+        self, indexes: pa.Array, line_numbers: pa.Array, raw: pa.Array, reasons: pa.Array
+    ) -> None:
         n = len(line_numbers)
         if not n:
             return
+        indexes = indexes.cast(pa.int32())
         table = pa.table(
             [
                 line_numbers,
                 quarantine_raw(raw.cast(pa.string())),
                 reasons.cast(pa.string()),
-                _constant(self.source.uri, pa.string(), n),
-                _constant(self.source.etag, pa.string(), n),
-                _constant(self.feed, pa.string(), n),
+                self.files.uri.take(indexes),
+                self.files.etag.take(indexes),
+                self.files.feed.take(indexes),
             ],
             schema=QUARANTINE_SCHEMA,
         )
@@ -231,72 +331,88 @@ class _Quarantine:
             self.writer = pq.ParquetWriter(self.path, QUARANTINE_SCHEMA, compression="snappy")
         self.writer.write_table(table)
         self.count += n
-        if self.head_rows < HEAD_REJECTS:
-            self.head.append(table.select(REJECT_COLUMNS).slice(0, HEAD_REJECTS))
-            self.head_rows += min(n, HEAD_REJECTS)
+        self._keep_heads(indexes.to_numpy(), table)
+
+    def _keep_heads(self, indexes: np.ndarray, table: pa.Table) -> None:
+        for index in np.unique(indexes).tolist():
+            if index not in self.heads and len(self.heads) >= HEAD_FILES:
+                continue
+            kept = self.head_rows.get(index, 0)
+            if kept >= HEAD_REJECTS:
+                continue
+            rows = table.filter(pa.array(indexes == index)).select(REJECT_COLUMNS)
+            rows = rows.slice(0, HEAD_REJECTS - kept)
+            self.heads.setdefault(index, []).append(rows)
+            self.head_rows[index] = kept + rows.num_rows
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
 
-    def head_table(self) -> pa.Table:
-        if not self.head:
+    def head_table(self, index: int = 0) -> pa.Table:
+        if index not in self.heads:
             return _no_rejects()
-        return pa.concat_tables(self.head).sort_by("line_number").slice(0, HEAD_REJECTS)
+        return pa.concat_tables(self.heads[index]).sort_by("line_number").slice(0, HEAD_REJECTS)
 
 
 @dataclass
-class _Pass:
-    """What one streaming pass over a file's records found."""
+class _Counts:
+    """What one streaming pass found, per file (arrays indexed by file)."""
 
-    rows_read: int = 0
-    rows_valid: int = 0
-    last_line: int = 0
+    read: np.ndarray
+    valid: np.ndarray
+    objects: np.ndarray  # readable records (JSON objects / CSV records)
+    last_line: np.ndarray
     file_check: NdjsonFileCheck | None = None
 
+    @classmethod
+    def zeros(cls, n: int, file_check: NdjsonFileCheck | None) -> _Counts:
+        z = np.zeros(n, np.int64)
+        return cls(z.copy(), z.copy(), z.copy(), z.copy(), file_check)
 
-def _reasons_of_unreadable(bad: pa.Table, budget: int) -> tuple[pa.Array, int]:
+
+def _reasons_of_unreadable(errors: pa.Array, raws: pa.Array, budget: int) -> tuple[pa.Array, int]:
     """The reasons of unreadable records: the reader's error, with the position worked out for
     up to `budget` invalid JSON lines. Returns (reasons, how many were worked out)."""
-    errors = bad["error"].combine_chunks()
     invalid = np.flatnonzero(pc.equal(errors, INVALID_JSON).to_numpy(zero_copy_only=False))
     invalid = invalid[:budget]
     if not len(invalid):
         return errors, 0
     reasons = errors.to_pylist()
-    raws = bad["raw"].take(pa.array(invalid)).to_pylist()
-    for i, raw in zip(invalid.tolist(), raws, strict=True):
+    for i, raw in zip(invalid.tolist(), raws.take(pa.array(invalid)).to_pylist(), strict=True):
         reasons[i] = describe_invalid_json(raw)
     return pa.array(reasons, pa.string()), len(invalid)
 
 
 class _ChunkHandler:
-    """Validates one chunk of records and writes it out: unreadable and rule-breaking records
-    to the quarantine, the others to the bronze file. Chunks must come in file order."""
+    """Splits one chunk of records and writes it out: unreadable and rule-breaking records to
+    the quarantine, the others to the bronze file. Chunks must come in file order."""
 
     def __init__(
         self,
         feed: FeedSpec,
-        source: SourceFile,
+        files: _Provenance,
         bronze_path: Path,
         records_schema: pa.Schema,
         quarantine: _Quarantine,
         file_check: NdjsonFileCheck | None,
     ) -> None:
-        self.feed, self.source, self.quarantine = feed, source, quarantine
-        self.found = _Pass(file_check=file_check)
-        self.validator = RowValidator(feed)
+        self.feed, self.files, self.quarantine = feed, files, quarantine
+        self.found = _Counts.zeros(len(files), file_check)
         self.describe_budget = DESCRIBE_JSON_ERRORS
+        self.hashes = [h for t in _hashed_targets(feed) for h in key_hash_columns(t)]
         self.bronze_inputs = [
+            "file_index",
             "line_number",
             *(_bronze_value(f) for f in feed.fields),
             feed.extras_column,
+            *self.hashes,
         ]
-        bronze_schema = _bronze_table(records_schema.empty_table(), feed, source).schema
+        empty = records_schema.empty_table().select(self.bronze_inputs)
         self.bronze = pq.ParquetWriter(
             bronze_path,
-            bronze_schema,
+            _bronze_table(empty, feed, files, self.hashes).schema,
             compression="snappy",
             # only the provenance columns, constant in a file: trying a dictionary on every
             # column cost a third of the write (1M rows: 0.47 s -> 0.34 s)
@@ -304,33 +420,37 @@ class _ChunkHandler:
         )
 
     def handle(self, chunk: pa.Table) -> None:
-        found = self.found
-        found.rows_read += chunk.num_rows
-        found.last_line = max(found.last_line, pc.max(chunk["line_number"]).as_py() or 0)
+        found, n = self.found, len(self.files)
+        indexes = chunk["file_index"].to_numpy()
+        lines = chunk["line_number"].to_numpy()
+        found.read += np.bincount(indexes, minlength=n)
+        np.maximum.at(found.last_line, indexes, lines)
         if found.file_check is not None:
             found.file_check.add(chunk)
+        unreadable = pc.is_valid(chunk["error"])
+        rejected = pc.or_(unreadable, pc.is_valid(chunk["rule_error"]))
+        found.objects += np.bincount(
+            indexes[~unreadable.to_numpy(zero_copy_only=False)], minlength=n
+        )
         # Filters copy: each output takes only the columns it needs (raw text only for the
         # few rejected records).
-        unreadable = pc.is_valid(chunk["error"])
-        readable = pc.invert(unreadable)
-        bad = chunk.select(["line_number", "raw", "error"]).filter(unreadable)
+        bad = chunk.select(["file_index", "line_number", "raw", "error", "rule_error"]).filter(
+            rejected
+        )
         if bad.num_rows:
-            reasons, described = _reasons_of_unreadable(bad, self.describe_budget)
+            errors = bad["error"].combine_chunks()
+            reasons, described = _reasons_of_unreadable(
+                errors, bad["raw"].combine_chunks(), self.describe_budget
+            )
             self.describe_budget -= described
-            self.quarantine.add(bad["line_number"], bad["raw"], reasons)
-        failures = self.validator.failures(chunk.select(self.validator.columns).filter(readable))
-        keep = readable
-        if failures.num_rows:
-            failures = failures.sort_by("line_number")
-            failed = pc.is_in(chunk["line_number"], value_set=failures["line_number"])
-            failed_rows = chunk.select(["line_number", "raw"]).filter(failed)
-            failed_rows = failed_rows.sort_by("line_number")
-            self.quarantine.add(failed_rows["line_number"], failed_rows["raw"], failures["reason"])
-            keep = pc.and_(readable, pc.invert(failed))
-        good = chunk.select(self.bronze_inputs).filter(keep)
+            reasons = pc.coalesce(reasons, bad["rule_error"].combine_chunks())
+            self.quarantine.add(
+                bad["file_index"].combine_chunks(), bad["line_number"], bad["raw"], reasons
+            )
+        good = chunk.select(self.bronze_inputs).filter(pc.invert(rejected))
         if good.num_rows:
-            self.bronze.write_table(_bronze_table(good, self.feed, self.source))
-            found.rows_valid += good.num_rows
+            self.bronze.write_table(_bronze_table(good, self.feed, self.files, self.hashes))
+            found.valid += np.bincount(good["file_index"].to_numpy(), minlength=n)
 
     def close(self) -> None:
         self.bronze.close()
@@ -338,17 +458,17 @@ class _ChunkHandler:
 
 def _stream(
     con: duckdb.DuckDBPyConnection,
-    records: Records,
+    records: Records | NdjsonPass,
     feed: FeedSpec,
-    source: SourceFile,
+    files: _Provenance,
     bronze_path: Path,
     quarantine: _Quarantine,
-) -> _Pass:
-    """One pass over the file's records. DuckDB produces the next chunk (in this thread, the
-    GIL released) while a worker thread validates and writes the previous ones, in order."""
-    reader = con.sql(_records_query(feed, records.sql(con))).to_arrow_reader(CHUNK_ROWS)
-    file_check = NdjsonFileCheck() if records.shape.file_format == "ndjson" else None
-    handler = _ChunkHandler(feed, source, bronze_path, reader.schema, quarantine, file_check)
+    file_check: NdjsonFileCheck | None,
+) -> _Counts:
+    """One pass over the records. DuckDB produces the next chunk (in this thread, the GIL
+    released) while a worker thread splits and writes the previous ones, in order."""
+    reader = con.sql(_records_query(feed, records.sql(con), files)).to_arrow_reader(CHUNK_ROWS)
+    handler = _ChunkHandler(feed, files, bronze_path, reader.schema, quarantine, file_check)
     try:
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bronze-chunks") as worker:
             in_flight: deque[Future[None]] = deque()
@@ -364,9 +484,17 @@ def _stream(
     return handler.found
 
 
+def _policy_refuses(policy: FeedPolicy, rejected: int, read: int) -> bool:
+    if rejected == 0:
+        return False
+    if policy.on_error == "abort":
+        return True
+    return policy.on_error == "skip_file" and rejected / read > policy.max_rejected_fraction
+
+
 def _policy_verdict(report: FileReport, policy: FeedPolicy) -> str | None:
     """Why the error policy refuses the whole file, or None when its good rows may load."""
-    if report.rows_rejected == 0:
+    if not _policy_refuses(policy, report.rows_rejected, report.rows_read):
         return None
     share = report.rows_rejected / report.rows_read
     first = report.rejects_head.slice(0, 1).to_pylist()[0]
@@ -376,12 +504,10 @@ def _policy_verdict(report: FileReport, policy: FeedPolicy) -> str | None:
     )
     if policy.on_error == "abort":
         return f"import aborted (on_error: abort): {summary}"
-    if policy.on_error == "skip_file" and share > policy.max_rejected_fraction:
-        return (
-            f"file skipped (on_error: skip_file, max_rejected_fraction "
-            f"{policy.max_rejected_fraction:g}): {summary}"
-        )
-    return None
+    return (
+        f"file skipped (on_error: skip_file, max_rejected_fraction "
+        f"{policy.max_rejected_fraction:g}): {summary}"
+    )
 
 
 def _head_of(path: Path) -> pa.Table:
@@ -443,6 +569,7 @@ def process_file(
     feed: FeedSpec,
     workdir: Path,
     policy: FeedPolicy | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
 ) -> FileReport:
     """Parse, type and validate one local copy of a landed file.
 
@@ -450,27 +577,34 @@ def process_file(
     and returns the counts. Whole-file problems give status `failed` (or `skipped` by the error
     policy) with the reason, never an exception; the file's records are then all in the
     quarantine, so rows_read = rows_loaded + rows_duplicate + rows_rejected still holds.
+    `con`: a connection of `new_connection` to reuse (one is opened and closed otherwise).
     """
     policy = policy or FeedPolicy()
     workdir.mkdir(parents=True, exist_ok=True)
     report = FileReport(source=source, feed=feed.name, status="parsed")
     bronze_path = workdir / f"{source.file_id}.parquet"
-    quarantine = _Quarantine(workdir / f"{source.file_id}.quarantine.parquet", source, feed.name)
-    con = new_connection(workdir)
+    files = _Provenance([source], feed.name)
+    quarantine = _Quarantine(workdir / f"{source.file_id}.quarantine.parquet", files)
+    own = con is None
+    con = con or new_connection(workdir)
     try:
         try:
             records = open_records(con, local_path, source.key, feed)
-            found = _stream(con, records, feed, source, bronze_path, quarantine)
+            file_check = NdjsonFileCheck() if records.shape.file_format == "ndjson" else None
+            found = _stream(con, records, feed, files, bronze_path, quarantine, file_check)
             damage = records.damage
             damage_line = None
             if damage is not None:
                 # The damaged tail is one more record, in the quarantine with the reason.
-                damage_line = max(found.last_line, 1 if records.shape.file_format == "csv" else 0)
-                damage_line += 1
+                damage_line = int(found.last_line[0])
+                damage_line = max(damage_line, 1 if records.shape.file_format == "csv" else 0) + 1
                 quarantine.add(
-                    pa.array([damage_line], pa.int64()), pa.array([""]), pa.array([damage])
+                    pa.array([0], pa.int32()),
+                    pa.array([damage_line], pa.int64()),
+                    pa.array([""]),
+                    pa.array([damage]),
                 )
-                found.rows_read += 1
+                found.read[0] += 1
                 if found.file_check is not None:
                     found.file_check.total += 1  # a record too, if not one that can be read
         except UnsupportedFile as exc:
@@ -482,10 +616,10 @@ def process_file(
         finally:
             quarantine.close()
 
-        report.rows_read = found.rows_read
-        report.rows_valid = found.rows_valid
+        report.rows_read = int(found.read[0])
+        report.rows_valid = int(found.valid[0])
         report.rows_rejected = quarantine.count
-        report.rejects_head = quarantine.head_table()
+        report.rejects_head = quarantine.head_table(0)
         report.quarantine_path = quarantine.path if quarantine.count else None
         report.bronze_path = bronze_path
         report.error = damage
@@ -525,4 +659,103 @@ def process_file(
             return report
         return report
     finally:
-        con.close()
+        if own:
+            con.close()
+
+
+def bulk_readable(source: SourceFile) -> bool:
+    """Whether a file is read in a pass with others: a small NDJSON file (any compression)."""
+    name = source.key.lower()
+    for ext in (".gz", ".gzip"):
+        name = name.removesuffix(ext)
+    return source.size <= BULK_MAX_BYTES and name.endswith((".json", ".jsonl", ".ndjson"))
+
+
+def _without_files(
+    con: duckdb.DuckDBPyConnection, path: Path, files: _Provenance, drop: list[int]
+) -> None:
+    """Rewrite a pass's Parquet file (bronze or quarantine) without the rows of files `drop`."""
+    gone = ", ".join(
+        f"({sql_str(files.sources[i].uri)}, {sql_str(files.sources[i].etag)})" for i in drop
+    )
+    rewritten = path.with_name(path.name + ".kept")
+    con.execute(
+        f"COPY (SELECT * FROM read_parquet({sql_str(str(path))}) "
+        f"ANTI JOIN (VALUES {gone}) gone(source_uri, etag) USING (source_uri, etag)) "
+        f"TO {sql_str(str(rewritten))} (FORMAT parquet, COMPRESSION snappy)"
+    )
+    rewritten.replace(path)
+
+
+def process_pass(
+    inputs: Sequence[tuple[Path, SourceFile]],
+    feed: FeedSpec,
+    workdir: Path,
+    policy: FeedPolicy | None = None,
+    con: duckdb.DuckDBPyConnection | None = None,
+) -> list[FileReport]:
+    """Read several small NDJSON files (bulk_readable) in one stream: one bronze and one
+    quarantine Parquet file for all of them (`pass-<id>.parquet`), a report per file in input
+    order. A file that needs a verdict on the whole file is read again on its own
+    (`process_file`), so each report is what the file alone would give."""
+    policy = policy or FeedPolicy()
+    workdir.mkdir(parents=True, exist_ok=True)
+    sources = [s for _, s in inputs]
+    pass_id = hashlib.sha1("\n".join(s.file_id for s in sources).encode()).hexdigest()[:20]
+    bronze_path = workdir / f"pass-{pass_id}.parquet"
+    files = _Provenance(sources, feed.name)
+    quarantine = _Quarantine(workdir / f"pass-{pass_id}.quarantine.parquet", files)
+    own = con is None
+    con = con or new_connection(workdir)
+    try:
+        records = ndjson_pass([p for p, _ in inputs], [s.key for s in sources], feed)
+        try:
+            found = _stream(con, records, feed, files, bronze_path, quarantine, None)
+        finally:
+            quarantine.close()
+        rejected = np.zeros(len(files), np.int64)
+        if quarantine.count:
+            per_file = pq.read_table(quarantine.path, columns=["source_uri", "etag"])
+            counts = per_file.group_by(["source_uri", "etag"]).aggregate([([], "count_all")])
+            index = {(s.uri, s.etag): i for i, s in enumerate(sources)}
+            for uri, etag, n in zip(
+                *(counts[c].to_pylist() for c in counts.column_names), strict=True
+            ):
+                rejected[index[uri, etag]] = n
+        alone = [
+            i
+            for i in range(len(files))
+            if records.damage(i) is not None
+            or found.read[i] == 0
+            or found.objects[i] * 2
+            < found.read[i]  # mostly not JSON objects: a whole-file verdict?
+            or _policy_refuses(policy, int(rejected[i]), int(found.read[i]))
+        ]
+        if alone:
+            _without_files(con, bronze_path, files, alone)
+            if quarantine.count:
+                _without_files(con, quarantine.path, files, alone)
+        reports = []
+        for i, (path, source) in enumerate(inputs):
+            if i in alone:
+                reports.append(
+                    process_file(path, source, feed, workdir / source.file_id, policy, con)
+                )
+                continue
+            reports.append(
+                FileReport(
+                    source=source,
+                    feed=feed.name,
+                    status="parsed",
+                    rows_read=int(found.read[i]),
+                    rows_valid=int(found.valid[i]),
+                    rows_rejected=int(rejected[i]),
+                    bronze_path=bronze_path,
+                    quarantine_path=quarantine.path if rejected[i] else None,
+                    rejects_head=quarantine.head_table(i),
+                )
+            )
+        return reports
+    finally:
+        if own:
+            con.close()

@@ -23,9 +23,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import boto3
-from botocore.exceptions import ClientError
-
 # Streaming buffer for downloads: large enough for throughput, small enough that memory stays flat
 # whatever the file size (files may be 2 GB compressed).
 _CHUNK_BYTES = 1024 * 1024
@@ -287,7 +284,11 @@ class S3Landing:
     def __init__(self, url: str, client: Any = None) -> None:
         self.bucket, self.prefix = split_s3_url(url)
         self.url = f"s3://{self.bucket}/{self.prefix}" if self.prefix else f"s3://{self.bucket}"
-        self.client = client if client is not None else boto3.client("s3")
+        if client is None:
+            import boto3  # only where S3 is used: it costs a quarter second to import
+
+            client = boto3.client("s3")
+        self.client = client
 
     def _full_key(self, key: str) -> str:
         # S3 keys are opaque strings ('a//b', '../x' are valid and get listed): only refuse what
@@ -323,7 +324,7 @@ class S3Landing:
     def stat(self, key: str) -> LandedObject | None:
         try:
             head = self.client.head_object(Bucket=self.bucket, Key=self._full_key(key))
-        except ClientError as exc:
+        except _client_error() as exc:
             if _error_code(exc) in _VANISHED_CODES:
                 return None
             raise
@@ -355,7 +356,7 @@ class S3Landing:
                 body.close()
             if check is not None:
                 check.verify(key)
-        except ClientError as exc:
+        except _client_error() as exc:
             dest.unlink(missing_ok=True)
             code = _error_code(exc)
             if code in {"PreconditionFailed", "412"}:
@@ -451,9 +452,16 @@ _PLAIN_MD5 = re.compile(r"[0-9a-f]{32}")
 _MULTIPART_ETAG = re.compile(r"[0-9a-f]{32}-[0-9]+")
 
 
-def _error_code(exc: ClientError) -> str:
-    error = exc.response.get("Error", {})
+def _client_error() -> type[Exception]:
+    from botocore.exceptions import ClientError
+
+    return ClientError
+
+
+def _error_code(exc: Exception) -> str:
+    response = getattr(exc, "response", {})
+    error = response.get("Error", {})
     code = str(error.get("Code", ""))
     if not code:
-        code = str(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
+        code = str(response.get("ResponseMetadata", {}).get("HTTPStatusCode", ""))
     return code

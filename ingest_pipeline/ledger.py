@@ -22,12 +22,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Literal, get_args
 
 import duckdb
 import pyarrow as pa
 
 from ingest_pipeline.bronze import FileReport, SourceFile
+from ingest_pipeline.landing import LandedObject
 
 FileStatus = Literal[
     "queued", "parsing", "parsed", "retrying", "ingested", "failed", "skipped", "vanished"
@@ -105,6 +107,17 @@ class LedgerFile:
             landed_at=self.landed_at,
             size=self.size_bytes,
             tenant_id=self.tenant_id,
+        )
+
+    @property
+    def landed(self) -> LandedObject:
+        """The file as a landing listing gave it."""
+        return LandedObject(
+            key=self.landing_key,
+            etag=self.etag,
+            size=self.size_bytes,
+            last_modified=self.landed_at,
+            uri=self.source_uri,
         )
 
     @property
@@ -270,7 +283,8 @@ def release(con: duckdb.DuckDBPyConnection, sources: Sequence[SourceFile]) -> No
 def replace_rejects(
     con: duckdb.DuckDBPyConnection, source: SourceFile, feed: str, quarantine_path: object | None
 ) -> None:
-    """The file's quarantined rows: those of `quarantine_path` (a quarantine Parquet file) or none."""
+    """The file's quarantined rows: its rows of `quarantine_path` (a quarantine Parquet file,
+    which may hold other files' too) or none."""
     con.execute(
         "DELETE FROM rejected_rows WHERE source_uri = ? AND etag = ?", [source.uri, source.etag]
     )
@@ -279,40 +293,151 @@ def replace_rejects(
             """
             INSERT INTO rejected_rows (source_uri, etag, line_number, tenant_id, feed, raw, reason)
             SELECT ?, ?, line_number, ?, ?, raw, reason FROM read_parquet(?)
+            WHERE source_uri = ? AND etag = ?
             """,
-            [source.uri, source.etag, source.tenant_id, feed, str(quarantine_path)],
+            [
+                source.uri,
+                source.etag,
+                source.tenant_id,
+                feed,
+                str(quarantine_path),
+                source.uri,
+                source.etag,
+            ],
         )
 
 
-def _upsert_file(
+OutcomeStatus = Literal["parsed", "failed", "skipped", "retrying", "vanished"]
+
+
+@dataclass(frozen=True)
+class FileOutcome:
+    """What one attempt at one file came to, as the ledger records it."""
+
+    source: SourceFile
+    status: OutcomeStatus
+    started_at: datetime
+    error: str | None = None
+    rows_read: int | None = None
+    rows_duplicate: int | None = None
+    rows_rejected: int | None = None
+    bronze_uri: str | None = None
+    quarantine_path: Path | None = None  # local Parquet with the file's rejected rows
+    retry_at: datetime | None = None
+
+    @classmethod
+    def of_report(
+        cls, report: FileReport, *, bronze_uri: str | None, started_at: datetime
+    ) -> FileOutcome:
+        return cls(
+            source=report.source,
+            status=report.status,  # type: ignore[arg-type]
+            started_at=started_at,
+            error=report.error,
+            rows_read=report.rows_read,
+            rows_duplicate=report.rows_duplicate,
+            rows_rejected=report.rows_rejected,
+            bronze_uri=bronze_uri,
+            quarantine_path=report.quarantine_path,
+        )
+
+
+_OUTCOMES_SCHEMA = pa.schema(
+    [
+        *_FILES_SCHEMA,
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("rows_read", pa.int64()),
+        ("rows_duplicate", pa.int64()),
+        ("rows_rejected", pa.int64()),
+        ("bronze_uri", pa.string()),
+        ("quarantine_path", pa.string()),
+        ("started_at", pa.timestamp("us", "UTC")),
+        ("retry_at", pa.timestamp("us", "UTC")),
+    ]
+)
+
+
+def record_outcomes(
     con: duckdb.DuckDBPyConnection,
-    source: SourceFile,
+    outcomes: Sequence[FileOutcome],
     feed: str,
-    values: dict[str, object],
+    *,
+    run_id: str | None,
+    finished_at: datetime,
 ) -> None:
-    """Insert the file's ledger row or update it, keeping what earlier steps recorded
-    (attempts, request, queue time) unless `values` sets it."""
-    base = {
-        "source_uri": source.uri,
-        "etag": source.etag,
-        "tenant_id": source.tenant_id,
-        "feed": feed,
-        "landing_key": source.key,
-        "landed_at": source.landed_at,
-        "landing_date": source.landed_at.date(),
-        "size_bytes": source.size,
+    """Record the files of a pass (parsed, failed, skipped, retrying, vanished) and replace
+    their quarantined rows, in a few statements whatever their number. Call inside a
+    transaction (warehouse.transaction). A file that did not end (parsed, retrying) keeps NULL
+    for what it will know later (rows loaded, finish time)."""
+    if not outcomes:
+        return
+    files = _files_table([o.source for o in outcomes])
+    extra = {
+        "status": [o.status for o in outcomes],
+        "error": [o.error for o in outcomes],
+        "rows_read": [o.rows_read for o in outcomes],
+        "rows_duplicate": [o.rows_duplicate for o in outcomes],
+        "rows_rejected": [o.rows_rejected for o in outcomes],
+        "bronze_uri": [o.bronze_uri for o in outcomes],
+        "quarantine_path": [
+            None if o.quarantine_path is None else str(o.quarantine_path) for o in outcomes
+        ],
+        "started_at": [o.started_at for o in outcomes],
+        "retry_at": [o.retry_at for o in outcomes],
     }
-    row = {**base, **values}
-    columns = ", ".join(row)
-    placeholders = ", ".join("?" for _ in row)
-    updates = ", ".join(f"{c} = excluded.{c}" for c in row if c not in ("source_uri", "etag"))
-    con.execute(
-        f"""
-        INSERT INTO ingested_files ({columns}) VALUES ({placeholders})
-        ON CONFLICT (source_uri, etag) DO UPDATE SET {updates}
-        """,
-        list(row.values()),
-    )
+    for name, values in extra.items():
+        files = files.append_column(
+            _OUTCOMES_SCHEMA.field(name), pa.array(values, _OUTCOMES_SCHEMA.field(name).type)
+        )
+    con.register("recorded_files", files)
+    try:
+        con.execute(
+            """
+            DELETE FROM rejected_rows r USING recorded_files f
+            WHERE r.source_uri = f.source_uri AND r.etag = f.etag
+            """
+        )
+        for path in sorted({p for p in extra["quarantine_path"] if p is not None}):
+            con.execute(
+                """
+                INSERT INTO rejected_rows
+                    (source_uri, etag, line_number, tenant_id, feed, raw, reason)
+                SELECT q.source_uri, q.etag, q.line_number, f.tenant_id, ?, q.raw, q.reason
+                FROM read_parquet(?) q
+                JOIN recorded_files f
+                  ON f.source_uri = q.source_uri AND f.etag = q.etag AND f.quarantine_path = ?
+                """,
+                [feed, path, path],
+            )
+        final = "f.status NOT IN ('parsed', 'retrying')"
+        waiting = "f.status = 'retrying'"
+        con.execute(
+            f"""
+            INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, landing_key, landed_at,
+                landing_date, size_bytes, status, rows_read, rows_loaded, rows_duplicate,
+                rows_rejected, bronze_uri, run_id, started_at, finished_at, retry_at, error)
+            SELECT f.source_uri, f.etag, f.tenant_id, ?, f.landing_key, f.landed_at,
+                f.landing_date, f.size_bytes, f.status,
+                CASE WHEN {waiting} THEN NULL ELSE coalesce(f.rows_read, 0) END,
+                CASE WHEN {final} THEN 0 END,
+                CASE WHEN {final} THEN coalesce(f.rows_duplicate, 0) END,
+                CASE WHEN {waiting} THEN NULL ELSE coalesce(f.rows_rejected, 0) END,
+                f.bronze_uri, ?, f.started_at, CASE WHEN {final} THEN ?::TIMESTAMPTZ END,
+                f.retry_at, f.error
+            FROM recorded_files f
+            ON CONFLICT (source_uri, etag) DO UPDATE SET
+                status = excluded.status, rows_read = excluded.rows_read,
+                rows_loaded = excluded.rows_loaded, rows_duplicate = excluded.rows_duplicate,
+                rows_rejected = excluded.rows_rejected, bronze_uri = excluded.bronze_uri,
+                run_id = excluded.run_id, started_at = excluded.started_at,
+                finished_at = excluded.finished_at, retry_at = excluded.retry_at,
+                error = excluded.error
+            """,
+            [feed, run_id, finished_at],
+        )
+    finally:
+        con.unregister("recorded_files")
 
 
 def record_parsed(
@@ -324,62 +449,10 @@ def record_parsed(
     started_at: datetime,
     finished_at: datetime,
 ) -> None:
-    """Record a file the reader went through (parsed, or refused whole: failed / skipped) and
-    replace its quarantined rows. Call inside a transaction (warehouse.transaction)."""
-    src = report.source
-    final = report.status != "parsed"
-    replace_rejects(con, src, report.feed, report.quarantine_path)
-    _upsert_file(
-        con,
-        src,
-        report.feed,
-        {
-            "status": report.status,
-            "rows_read": report.rows_read,
-            "rows_loaded": 0 if final else None,
-            "rows_duplicate": report.rows_duplicate if final else None,
-            "rows_rejected": report.rows_rejected,
-            "bronze_uri": bronze_uri,
-            "run_id": run_id,
-            "started_at": started_at,
-            "finished_at": finished_at if final else None,
-            "retry_at": None,
-            "error": report.error,
-        },
-    )
-
-
-def record_failure(
-    con: duckdb.DuckDBPyConnection,
-    source: SourceFile,
-    feed: str,
-    status: Literal["failed", "retrying", "vanished"],
-    error: str,
-    *,
-    run_id: str | None,
-    at: datetime,
-    retry_at: datetime | None = None,
-) -> None:
-    """Record a file that could not be read at all: `failed` (for good), `retrying` (from
-    `retry_at`) or `vanished`. Its quarantined rows of an earlier attempt are dropped."""
-    replace_rejects(con, source, feed, None)
-    _upsert_file(
-        con,
-        source,
-        feed,
-        {
-            "status": status,
-            "rows_read": None if status == "retrying" else 0,
-            "rows_loaded": None if status == "retrying" else 0,
-            "rows_duplicate": None if status == "retrying" else 0,
-            "rows_rejected": None if status == "retrying" else 0,
-            "bronze_uri": None,
-            "run_id": run_id,
-            "finished_at": None if status == "retrying" else at,
-            "retry_at": retry_at,
-            "error": error,
-        },
-    )
+    """Record one file the reader went through (parsed, or refused whole: failed / skipped)
+    and replace its quarantined rows (record_outcomes for one file)."""
+    outcome = FileOutcome.of_report(report, bronze_uri=bronze_uri, started_at=started_at)
+    record_outcomes(con, [outcome], report.feed, run_id=run_id, finished_at=finished_at)
 
 
 def requeue(
@@ -452,6 +525,16 @@ def active_files(con: duckdb.DuckDBPyConnection, feed: str | None = None) -> lis
     return [LedgerFile(*r) for r in rows]
 
 
+def requested_files(con: duckdb.DuckDBPyConnection, request_key: str) -> list[LedgerFile]:
+    """The files a sensor request (its run key) asked for and that are still waiting for it."""
+    rows = con.execute(
+        f"SELECT {_LEDGER_COLUMNS} FROM ingested_files WHERE request_key = ? "
+        "AND status IN ('queued', 'parsing', 'retrying') ORDER BY landed_at, source_uri",
+        [request_key],
+    ).fetchall()
+    return [LedgerFile(*r) for r in rows]
+
+
 def failed_files(
     con: duckdb.DuckDBPyConnection, feed: str | None = None, *, limit: int = 100
 ) -> list[LedgerFile]:
@@ -483,17 +566,32 @@ def pending_files(con: duckdb.DuckDBPyConnection, feed: str) -> list[PendingFile
     return [PendingFile(*r) for r in rows]
 
 
-def record_merged(
-    con: duckdb.DuckDBPyConnection, pending: PendingFile, rows_loaded: int, at: datetime
+def record_merged_many(
+    con: duckdb.DuckDBPyConnection, merged: Sequence[tuple[PendingFile, int]], at: datetime
 ) -> None:
-    con.execute(
-        """
-        UPDATE ingested_files SET status = 'ingested', rows_loaded = ?,
-            rows_duplicate = rows_read - rows_rejected - ?, finished_at = ?
-        WHERE source_uri = ? AND etag = ?
-        """,
-        [rows_loaded, rows_loaded, at, pending.source_uri, pending.etag],
+    """Flip merged files to `ingested` with their rows loaded (and so their duplicates), in
+    one statement whatever their number."""
+    if not merged:
+        return
+    table = pa.table(
+        {
+            "source_uri": [p.source_uri for p, _ in merged],
+            "etag": [p.etag for p, _ in merged],
+            "rows_loaded": pa.array([n for _, n in merged], pa.int64()),
+        }
     )
+    con.register("merged_files", table)
+    try:
+        con.execute(
+            """
+            UPDATE ingested_files f SET status = 'ingested', rows_loaded = m.rows_loaded,
+                rows_duplicate = f.rows_read - f.rows_rejected - m.rows_loaded, finished_at = ?
+            FROM merged_files m WHERE f.source_uri = m.source_uri AND f.etag = m.etag
+            """,
+            [at],
+        )
+    finally:
+        con.unregister("merged_files")
 
 
 def reread(
@@ -525,9 +623,17 @@ def fail_pending(
         INSERT OR REPLACE INTO rejected_rows
             (source_uri, etag, line_number, tenant_id, feed, raw, reason)
         SELECT ?, ?, b.line_number, b.tenant_id, ?, to_json(b)::VARCHAR, ?
-        FROM read_parquet(?) b
+        FROM read_parquet(?) b WHERE b.source_uri = ? AND b.etag = ?
         """,
-        [pending.source_uri, pending.etag, pending.feed, error, str(bronze_path)],
+        [
+            pending.source_uri,
+            pending.etag,
+            pending.feed,
+            error,
+            str(bronze_path),
+            pending.source_uri,
+            pending.etag,
+        ],
     )
     con.execute(
         """

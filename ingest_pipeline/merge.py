@@ -2,20 +2,26 @@
 
 The rules (SPEC section 4), implemented here and nowhere else:
   * row tables (events, crm_leads, contact_accounts): per key the row of the most recently landed
-    file wins; ties by source_uri, then by line (first line for events/leads, last line for
+    file wins; ties by source_uri, then by the file version's etag (two uploads of one key in
+    the same second), then by line (first line for events/leads, last line for
     contact_accounts: "the most recent account"). The incoming row replaces the stored one only
     when it ranks higher, so the result is the same whatever order files are merged in.
   * attribute tables (contacts, accounts): per (key, attribute) the most recently landed non-null
     value wins (later lines of one file are newer); the entity row is rebuilt from those values.
+
+A row table stores its key's 128-bit MD5 (key_hash_sql) as two 64-bit columns, `key_hash_hi` and
+`key_hash_lo`: a batch finds the stored rows it collides with by joining on those, so the merge
+reads 16 bytes per stored row instead of the key's text columns, whatever the batch's time range.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
+import pyarrow as pa
 
 from ingest_pipeline.feeds import FeedSpec, TargetSpec
 from ingest_pipeline.parsing import ident, sql_str
@@ -23,25 +29,59 @@ from ingest_pipeline.parsing import ident, sql_str
 
 @dataclass(frozen=True)
 class BronzeFile:
+    """One landed file's rows in a bronze Parquet file (which may hold other files' rows too)."""
+
     source_uri: str
     etag: str
     landed_at_iso: str
     parquet_path: Path
 
 
+KEY_HASH = ("key_hash_hi", "key_hash_lo")
+
+
+def key_hash_columns(target: TargetSpec) -> tuple[str, str]:
+    """The bronze columns holding a row's key hash for `target` (written by the bronze step)."""
+    return (f"key_hash_hi__{target.table}", f"key_hash_lo__{target.table}")
+
+
+def key_hash_sql(parts: Mapping[str, str], types: Mapping[str, str]) -> str:
+    """SQL: the 128-bit MD5 (UHUGEINT) of a row's key, from its parts (key column -> SQL
+    expression) and their types. Each part is written with its length (no two keys give the
+    same text) and timestamps as epoch microseconds (not text in the session's time zone): the
+    same key gives the same hash in any process and any DuckDB version."""
+    texts = []
+    for column, expr in parts.items():
+        value = f"epoch_us({expr})" if types[column].startswith("TIMESTAMP") else f"({expr})"
+        text = f"CAST({value} AS VARCHAR)"
+        texts.append(f"coalesce(length({text})::VARCHAR || ':' || {text}, '-')")
+    return f"md5_number({' || '.join(texts)})"
+
+
+def split_hash_sql(hashed: str) -> tuple[str, str]:
+    """The high and low 64 bits of a UHUGEINT hash (Arrow and Parquet have no 128-bit integer)."""
+    return (f"({hashed} >> 64)::UBIGINT", f"({hashed} & 18446744073709551615)::UBIGINT")
+
+
 def _rank_order(target: TargetSpec) -> str:
     line_order = "ASC" if target.within_file == "first" else "DESC"
-    return f"landed_at DESC, source_uri DESC, line_number {line_order}"
+    return f"landed_at DESC, source_uri DESC, coalesce(etag, '') DESC, line_number {line_order}"
 
 
 def _outranks(target: TargetSpec, new: str, old: str) -> str:
     """SQL: the row `new` ranks at least as high as the stored row `old` (equal = idempotent)."""
     line_cmp = "<=" if target.within_file == "first" else ">="
+    new_etag, old_etag = f"coalesce({new}.etag, '')", f"coalesce({old}.etag, '')"
     return (
         f"({new}.landed_at > {old}.landed_at OR ({new}.landed_at = {old}.landed_at AND "
         f"({new}.source_uri > {old}.source_uri OR ({new}.source_uri = {old}.source_uri AND "
-        f"{new}.line_number {line_cmp} {old}.line_number))))"
+        f"({new_etag} > {old_etag} OR ({new_etag} = {old_etag} AND "
+        f"{new}.line_number {line_cmp} {old}.line_number))))))"
     )
+
+
+def _types(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
+    return {r[0]: r[1] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
 
 
 def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tuple[str, str], int]:
@@ -57,15 +97,23 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
     stored are compared with their stored row. A batch row is (source_uri, etag, line_number).
     """
     table = ident(target.table)
-    cols = list(target.columns)
+    cols = [*target.columns, "etag", *KEY_HASH]
     select = ", ".join(f"{expr} AS {ident(col)}" for col, expr in target.columns.items())
     if "updated_at" in _table_columns(con, target.table) and "updated_at" not in cols:
         cols.append("updated_at")
         select += ", landed_at AS updated_at"
-    key_cols = [ident(k) for k in target.key]
-    key = ", ".join(key_cols)
-    same_key = " AND ".join(f"t.{k} = w.{k}" for k in key_cols)
-    batch_keyed = f"(SELECT {select}, etag FROM batch)"
+    batch_types = _types(con, "batch")
+    written = key_hash_columns(target)
+    if all(c in batch_types for c in written):  # by the bronze step
+        hi, lo = (ident(c) for c in written)
+    else:  # bronze files of an older version
+        parts = {k: target.columns[k] for k in target.key}
+        hi, lo = split_hash_sql(key_hash_sql(parts, {k: batch_types[e] for k, e in parts.items()}))
+    key = ", ".join(KEY_HASH)
+    same_key = " AND ".join(f"t.{c} = w.{c}" for c in KEY_HASH)
+    batch_keyed = (
+        f"(SELECT {select}, etag, {hi} AS key_hash_hi, {lo} AS key_hash_lo FROM batch)"
+    )
     prune = ""
     if target.prune_column:
         # Stored rows outside the batch's range of this column cannot match: DuckDB's min/max
@@ -133,6 +181,13 @@ def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     }
 
 
+# Per attribute the newest landed value wins; within a file the later line (the ranking of row
+# tables whose within-file winner is the last line).
+attr_target = TargetSpec(
+    table="attribute_values", key=(), mode="row", columns={}, within_file="last"
+)
+
+
 def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> None:
     entity = target.table
     key_col = target.key[-1]
@@ -140,13 +195,13 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
     # Declared columns (email) are attributes too, so they follow the same newest-wins rule.
     declared = " UNION ALL ".join(
         f"SELECT tenant_id, {ident(key_col)} AS entity_key, {sql_str(c)} AS attribute, "
-        f"to_json({target.columns[c]}) AS value, landed_at, source_uri, line_number "
+        f"to_json({target.columns[c]}) AS value, landed_at, source_uri, etag, line_number "
         f"FROM batch WHERE {target.columns[c]} IS NOT NULL"
         for c in scalar_cols
     )
     extras = (
         f"SELECT b.tenant_id, b.{ident(key_col)} AS entity_key, j.key AS attribute, "
-        f"j.value::JSON AS value, b.landed_at, b.source_uri, b.line_number "
+        f"j.value::JSON AS value, b.landed_at, b.source_uri, b.etag, b.line_number "
         f"FROM batch b, json_each(b.{ident(target.attributes_from)}) j WHERE j.type <> 'NULL'"
     )
     values_sql = f"{declared} UNION ALL {extras}" if declared else extras
@@ -155,22 +210,20 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
         CREATE OR REPLACE TEMP TABLE batch_values AS
         SELECT * FROM ({values_sql})
         QUALIFY row_number() OVER (
-            PARTITION BY tenant_id, entity_key, attribute
-            ORDER BY landed_at DESC, source_uri DESC, line_number DESC) = 1
+            PARTITION BY tenant_id, entity_key, attribute ORDER BY {_rank_order(attr_target)}) = 1
         """
-    )
-    attr_target = TargetSpec(
-        table="attribute_values", key=(), mode="row", columns={}, within_file="last"
     )
     con.execute(
         f"""
-        INSERT INTO attribute_values
+        INSERT INTO attribute_values (tenant_id, entity, entity_key, attribute, value, landed_at,
+                                      source_uri, line_number, etag)
         SELECT tenant_id, {sql_str(entity)}, entity_key, attribute, value, landed_at, source_uri,
-               line_number
+               line_number, etag
         FROM batch_values
         ON CONFLICT (tenant_id, entity, entity_key, attribute) DO UPDATE SET
             value = excluded.value, landed_at = excluded.landed_at,
-            source_uri = excluded.source_uri, line_number = excluded.line_number
+            source_uri = excluded.source_uri, line_number = excluded.line_number,
+            etag = excluded.etag
         WHERE {_outranks(attr_target, "excluded", "attribute_values")}
         """
     )
@@ -226,10 +279,29 @@ def merge_bronze(
     """
     if not files:
         return {}
-    paths = "[" + ", ".join(sql_str(str(f.parquet_path)) for f in files) + "]"
+    distinct = sorted({str(f.parquet_path) for f in files})
+    paths = "[" + ", ".join(sql_str(p) for p in distinct) + "]"
+    # A view, not a copy: each target reads only the Parquet columns it needs. A bronze file may
+    # hold rows of files that are not in this batch (a pass of many files, some read again on
+    # their own since): only the batch's files' rows are taken from each.
+    con.register(
+        "batch_files",
+        pa.table(
+            {
+                "bronze_path": [str(f.parquet_path) for f in files],
+                "source_uri": [f.source_uri for f in files],
+                "etag": [f.etag for f in files],
+            }
+        ),
+    )
     con.execute(
-        # A view, not a copy: each target reads only the Parquet columns it needs.
-        f"CREATE OR REPLACE TEMP VIEW batch AS SELECT * FROM read_parquet({paths}, union_by_name = true)"
+        f"""
+        CREATE OR REPLACE TEMP VIEW batch AS
+        SELECT b.* EXCLUDE (filename)
+        FROM read_parquet({paths}, union_by_name = true, filename = true) b
+        SEMI JOIN batch_files f
+            ON b.filename = f.bronze_path AND b.source_uri = f.source_uri AND b.etag = f.etag
+        """
     )
     loaded_by_file: dict[tuple[str, str], int] = {}
     for i, target in enumerate(feed.targets):
@@ -240,4 +312,5 @@ def merge_bronze(
         else:
             _merge_attributes(con, target)
     con.execute("DROP VIEW IF EXISTS batch; DROP TABLE IF EXISTS batch_values")
+    con.unregister("batch_files")
     return loaded_by_file

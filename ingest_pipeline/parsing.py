@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -213,7 +214,7 @@ def _fresh_rejects(con: duckdb.DuckDBPyConnection) -> None:
     con.execute("DROP TABLE IF EXISTS reject_errors; DROP TABLE IF EXISTS reject_scans")
 
 
-def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
+def _ndjson_sql(feed: FeedSpec, lines: str, file_index: str = "0::INTEGER") -> str:
     """SQL over the Arrow line batches registered as `lines`: each line checked, its fields and
     extras taken (only for the lines that are JSON objects).
 
@@ -232,11 +233,12 @@ def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
     return f"""
         WITH decoded AS (
             -- (a UTF-8 byte order mark was dropped by the reader)
-            SELECT line_number, overlong_bytes, raw AS bytes, try(decode(raw)) AS text
+            SELECT {file_index} AS file_index, line_number, overlong_bytes, raw AS bytes,
+                   try(decode(raw)) AS text
             FROM {lines}
         ),
         checked AS (
-            SELECT line_number, bytes, text,
+            SELECT file_index, line_number, bytes, text,
                 CASE
                     WHEN overlong_bytes IS NOT NULL THEN
                         'line is longer than the parser''s limit of {MAX_LINE_BYTES} bytes ('
@@ -259,7 +261,7 @@ def _ndjson_sql(feed: FeedSpec, lines: str) -> str:
                 END AS error
             FROM decoded
         )
-        SELECT line_number,
+        SELECT file_index, line_number,
             CASE WHEN text IS NOT NULL THEN text
                 -- not UTF-8: every byte readable, the others shown as \\xNN; the cast escapes
                 -- " ' \\ too: show them as they are (backslash last)
@@ -1023,7 +1025,7 @@ class Records:
 
     def sql(self, con: duckdb.DuckDBPyConnection) -> str:
         if self.shape.file_format == "csv":
-            return "SELECT * FROM staged"
+            return "SELECT 0::INTEGER AS file_index, * FROM staged"
         lines = ndjson_lines(self.content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT)
         con.register(NDJSON_LINES_VIEW, pa.RecordBatchReader.from_batches(LINE_SCHEMA, lines))
         return _ndjson_sql(self.feed, NDJSON_LINES_VIEW)
@@ -1064,3 +1066,63 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
     finally:
         plain.unlink(missing_ok=True)
     return records
+
+
+# The line batches of several files, each with the index of its file (NdjsonPass).
+INDEXED_LINE_SCHEMA = LINE_SCHEMA.append(pa.field("file_index", pa.int32()))
+NDJSON_PASS_VIEW = "ndjson_pass_lines"
+
+
+@dataclass
+class NdjsonPass:
+    """The records of several NDJSON files read as one stream (the columns of `Records`, with
+    `file_index` saying whose each line is): many small files cost one DuckDB query, not one
+    each. `damage(i)` says what is wrong with file i's gzip stream once the records are read."""
+
+    feed: FeedSpec
+    contents: list[FileBytes | None]  # None: refused when opened (read it alone for why)
+
+    def sql(self, con: duckdb.DuckDBPyConnection) -> str:
+        def batches():
+            for index, content in enumerate(self.contents):
+                if content is None:
+                    continue
+                for batch in ndjson_lines(
+                    content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT
+                ):
+                    column = pa.array(np.full(batch.num_rows, index, np.int32))
+                    yield pa.record_batch(
+                        [*batch.columns, column], schema=INDEXED_LINE_SCHEMA
+                    )
+
+        con.register(
+            NDJSON_PASS_VIEW, pa.RecordBatchReader.from_batches(INDEXED_LINE_SCHEMA, batches())
+        )
+        return _ndjson_sql(self.feed, NDJSON_PASS_VIEW, file_index="file_index")
+
+    def release(self, con: duckdb.DuckDBPyConnection) -> None:
+        con.unregister(NDJSON_PASS_VIEW)
+
+    def damage(self, index: int) -> str | None:
+        """What is wrong with file `index` as a whole, once the records are read: its gzip
+        stream stopped part way, or it could not be opened at all."""
+        content = self.contents[index]
+        if content is None:
+            return "refused when opened"
+        return _damage_reason(content) if content.damage else None
+
+
+def ndjson_pass(paths: list[Path], names: list[str], feed: FeedSpec) -> NdjsonPass:
+    """The NDJSON files at `paths` (`names` give their format and compression) as one stream.
+    A file that cannot be opened as what it says (not NDJSON, not gzip) is left out of the
+    stream, with a damage."""
+    contents: list[FileBytes | None] = []
+    for path, name in zip(paths, names, strict=True):
+        try:
+            shape = detect_shape(name)
+            if shape.file_format != "ndjson":
+                raise UnsupportedFile(f"{name}: not an NDJSON file")
+            contents.append(FileBytes(path, shape.compression))
+        except UnsupportedFile:
+            contents.append(None)
+    return NdjsonPass(feed, contents)

@@ -21,6 +21,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,7 +32,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest_pipeline import ledger, warehouse
-from ingest_pipeline.bronze import FileReport, SourceFile, process_file
+from ingest_pipeline.bronze import (
+    FileReport,
+    SourceFile,
+    bulk_readable,
+    new_connection,
+    process_file,
+    process_pass,
+)
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.failures import FileFailure, classify, kind_of
 from ingest_pipeline.feeds import FeedSpec
@@ -39,9 +47,12 @@ from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, Loc
 from ingest_pipeline.merge import BronzeFile, merge_bronze
 
 MERGE_MEMORY_LIMIT = "1GB"
-# Files recorded in the ledger together (one transaction); a run that dies while reading
-# a pass makes every file of that pass a suspect, read alone next time (recovery.py).
-PASS_FILES = 50
+# Small files read and recorded together (one DuckDB query, one ledger transaction); a run
+# that dies while reading a pass makes every file of it a suspect, read alone next time
+# (recovery.py).
+PASS_FILES = 1000
+PASS_BYTES = 64 * 1024 * 1024
+DOWNLOADS = 16  # files of a pass downloaded at once
 
 Log = Callable[[str], None]
 
@@ -124,9 +135,21 @@ class IngestAborted(Exception):
 
 
 def _passes(sources: Sequence[SourceFile], isolate: bool) -> Iterator[list[SourceFile]]:
-    size = 1 if isolate else PASS_FILES
-    for i in range(0, len(sources), size):
-        yield list(sources[i : i + size])
+    """The files in passes: large files (or every file, when `isolate`) alone, small NDJSON
+    files together, up to PASS_FILES of them or PASS_BYTES in all."""
+    group: list[SourceFile] = []
+    size = 0
+    for source in sources:
+        if isolate or not bulk_readable(source):
+            yield [source]
+            continue
+        if group and (len(group) >= PASS_FILES or size + source.size > PASS_BYTES):
+            yield group
+            group, size = [], 0
+        group.append(source)
+        size += source.size
+    if group:
+        yield group
 
 
 def _failure_result(
@@ -159,7 +182,14 @@ def _failure_result(
 
 
 class _Bronze:
-    """One run's bronze step: its connections' settings and the files' results."""
+    """One run's bronze step: one DuckDB connection for all its passes, and the files' results.
+
+    A pass: its files downloaded concurrently (bounded pool), small NDJSON files read together
+    in one stream (bronze.process_pass), any other file alone (bronze.process_file), the
+    outputs put in the lake. Exceptions of a file's own handling become its result (failures.py);
+    a pass read together that raises is read again file by file, so a file fails alone; the
+    run's machinery failing is raised.
+    """
 
     def __init__(
         self,
@@ -171,51 +201,116 @@ class _Bronze:
         retry: RetryPolicy,
     ) -> None:
         self.feed, self.landing, self.lake = feed, landing, lake
-        self.tmp_dir, self.policy, self.retry = tmp_dir, policy, retry
+        self.policy, self.retry = policy, retry
+        self.downloads, self.work = tmp_dir / "download", tmp_dir / "work"
+        spill = tmp_dir / "duckdb"
+        spill.mkdir()
+        self.con = new_connection(spill)
 
-    def handle(self, obj: LandedObject, source: SourceFile, attempts: int) -> FileResult:
-        """Download, read and write bronze for one file. Exceptions of the file's own handling
-        become its result; the run's machinery failing (failures.kind_of) is raised."""
+    def close(self) -> None:
+        self.con.close()
+
+    def forget_work(self) -> None:
+        """The pass is recorded: its local outputs (in the lake now) can go."""
+        shutil.rmtree(self.work, ignore_errors=True)
+
+    def _download(
+        self, obj: LandedObject, source: SourceFile, attempts: int
+    ) -> tuple[Path | None, FileResult | None]:
         started = now()
-        local = self.tmp_dir / "download" / source.file_id / Path(obj.key).name
+        local = self.downloads / source.file_id / Path(obj.key).name
         local.parent.mkdir(parents=True, exist_ok=True)
-        work = self.tmp_dir / source.file_id
         try:
-            try:
-                self.landing.download(obj, local)
-            except FileVanished as exc:
-                return FileResult(
-                    source,
-                    "vanished",
-                    started,
-                    error=f"the file was deleted or replaced after it was listed: {exc}",
-                )
-            except Exception as exc:  # noqa: BLE001 - classified: the file fails alone
-                failure = classify(exc, "download", source.uri)
-                if failure.kind == "machinery":
-                    raise
-                return _failure_result(source, failure, attempts, self.retry, started)
-            try:
-                report = process_file(local, source, self.feed, work, policy=self.policy)
-            except Exception as exc:  # noqa: BLE001 - the reader should not raise; if it does,
-                # the file fails alone with what happened
-                failure = classify(exc, "read", source.uri)
-                if failure.kind == "machinery":
-                    raise
-                return _failure_result(source, failure, attempts, self.retry, started)
-            finally:
-                local.unlink(missing_ok=True)
-            result = FileResult(source, report.status, started, report=report, error=report.error)
-            # Writing to the lake is the run's machinery: a failure there fails the run.
+            self.landing.download(obj, local)
+        except FileVanished as exc:
+            error = f"the file was deleted or replaced after it was listed: {exc}"
+            return None, FileResult(source, "vanished", started, error=error)
+        except Exception as exc:  # noqa: BLE001 - classified: the file fails alone
+            failure = classify(exc, "download", source.uri)
+            if failure.kind == "machinery":
+                raise
+            return None, _failure_result(source, failure, attempts, self.retry, started)
+        return local, None
+
+    def _read_alone(self, local: Path, source: SourceFile, attempts: int) -> FileResult:
+        started = now()
+        try:
+            report = process_file(
+                local, source, self.feed, self.work / source.file_id, self.policy, self.con
+            )
+        except Exception as exc:  # noqa: BLE001 - the reader should not raise; if it does,
+            # the file fails alone with what happened
+            failure = classify(exc, "read", source.uri)
+            if failure.kind == "machinery":
+                raise
+            return _failure_result(source, failure, attempts, self.retry, started)
+        return FileResult(source, report.status, started, report=report, error=report.error)
+
+    def _read_together(
+        self, items: list[tuple[Path, SourceFile]], attempts: dict[tuple[str, str], int]
+    ) -> list[FileResult]:
+        started = now()
+        try:
+            reports = process_pass(items, self.feed, self.work / "pass", self.policy, self.con)
+        except Exception as exc:  # noqa: BLE001 - read them one by one: a file fails alone
+            if kind_of(exc) == "machinery":
+                raise
+            return [self._read_alone(p, s, attempts[s.uri, s.etag]) for p, s in items]
+        return [FileResult(r.source, r.status, started, report=r, error=r.error) for r in reports]
+
+    def handle_pass(
+        self,
+        files: Sequence[tuple[LandedObject, SourceFile]],
+        attempts: dict[tuple[str, str], int],
+    ) -> list[FileResult]:
+        """Download, read and write bronze for the files of one pass (results in input order)."""
+        with ThreadPoolExecutor(max_workers=DOWNLOADS, thread_name_prefix="download") as pool:
+            fetched = list(
+                pool.map(lambda f: self._download(f[0], f[1], attempts[f[1].uri, f[1].etag]), files)
+            )
+        results: dict[SourceFile, FileResult] = {}
+        readable: list[tuple[Path, SourceFile]] = []
+        for (_, source), (local, failed) in zip(files, fetched, strict=True):
+            if failed is not None:
+                results[source] = failed
+            else:
+                assert local is not None
+                readable.append((local, source))
+        if len(readable) > 1:
+            read = self._read_together(readable, attempts)
+        else:
+            read = [self._read_alone(p, s, attempts[s.uri, s.etag]) for p, s in readable]
+        for r in read:
+            results[r.source] = r
+        shutil.rmtree(self.downloads, ignore_errors=True)
+        self._publish([r for r in read if r.report is not None])
+        return [results[s] for _, s in files]
+
+    def _publish(self, results: list[FileResult]) -> None:
+        """Put the bronze and quarantine files in the lake (once per file, shared by the files
+        of a pass). Writing to the lake is the run's machinery: a failure there fails the run."""
+        uris: dict[Path, str] = {}
+        for r in results:
+            assert r.report is not None
+            report = r.report
             if report.bronze_path is not None:
-                result.bronze_uri = bronze_key(self.feed, source)
-                self.lake.put(result.bronze_uri, report.bronze_path)
-            if report.quarantine_path is not None:
+                if report.bronze_path not in uris:
+                    uris[report.bronze_path] = self._lake_key("bronze", report, r.source)
+                    self.lake.put(uris[report.bronze_path], report.bronze_path)
+                r.bronze_uri = uris[report.bronze_path]
+            if report.quarantine_path is not None and report.quarantine_path not in uris:
                 # already in the lake's quarantine layout (line, raw, reason, source, etag, feed)
-                self.lake.put(quarantine_key(self.feed, source), report.quarantine_path)
-            return result
-        finally:
-            shutil.rmtree(local.parent, ignore_errors=True)
+                uris[report.quarantine_path] = self._lake_key("quarantine", report, r.source)
+                self.lake.put(uris[report.quarantine_path], report.quarantine_path)
+
+    def _lake_key(self, layer: str, report: FileReport, source: SourceFile) -> str:
+        path = report.bronze_path if layer == "bronze" else report.quarantine_path
+        assert path is not None
+        if path.name.startswith("pass-"):  # a pass's file: named after the pass
+            return f"{layer}/{self.feed.name}/landing_date={source.landing_date}/{path.name}"
+        if layer == "bronze":
+            return bronze_key(self.feed, source)
+        return quarantine_key(self.feed, source)
 
     def record(
         self,
@@ -223,30 +318,23 @@ class _Bronze:
         results: Sequence[FileResult],
         run_id: str | None,
     ) -> None:
-        """Every result of a pass, in the caller's transaction (then the work files go)."""
-        finished = now()
+        """Every result of a pass, in the caller's transaction."""
+        outcomes = []
         for r in results:
             if r.report is not None:
-                ledger.record_parsed(
-                    con,
-                    r.report,
-                    bronze_uri=r.bronze_uri,
-                    run_id=run_id,
-                    started_at=r.started_at,
-                    finished_at=finished,
+                outcome = ledger.FileOutcome.of_report(
+                    r.report, bronze_uri=r.bronze_uri, started_at=r.started_at
                 )
             else:
-                assert r.status in ("failed", "retrying", "vanished"), r.status
-                ledger.record_failure(
-                    con,
-                    r.source,
-                    self.feed.name,
-                    r.status,  # type: ignore[arg-type]
-                    r.error or "",
-                    run_id=run_id,
-                    at=finished,
+                outcome = ledger.FileOutcome(
+                    source=r.source,
+                    status=r.status,
+                    started_at=r.started_at,
+                    error=r.error,
                     retry_at=r.retry_at,
                 )
+            outcomes.append(outcome)
+        ledger.record_outcomes(con, outcomes, self.feed.name, run_id=run_id, finished_at=now())
 
 
 def ingest_to_bronze(
@@ -283,35 +371,51 @@ def ingest_to_bronze(
     outcome.skipped_already_ingested = [s.uri for s in done]
     with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
         bronze = _Bronze(feed, landing, lake, Path(tmp), policy, retry)
-        for files in _passes(to_do, isolate):
-            with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
-                attempts = ledger.mark_parsing(con, files, run_id=run_id, at=now())
-            try:
-                results = [bronze.handle(by_source[s], s, attempts[s.uri, s.etag]) for s in files]
-            except BaseException:
-                # The run's machinery failed, not these files: they go back to `queued` (when
-                # the warehouse can still be reached) and the run fails.
-                _release(warehouse_path, files)
-                raise
-            with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
-                bronze.record(con, results, run_id)
-            for r in results:
-                if r.report is not None:
-                    shutil.rmtree(Path(tmp) / r.source.file_id, ignore_errors=True)
-                    outcome.reports.append(r.report)
-                elif r.status == "vanished":
-                    outcome.vanished.append(r.source.uri)
-                elif r.status == "retrying":
-                    outcome.retrying[r.source.uri] = (r.error or "", r.retry_at or now())
-                else:
-                    outcome.unreadable[r.source.uri] = r.error or ""
-                if log and r.status in ("failed", "retrying"):
-                    log(f"{r.source.uri}: {r.status}: {r.error}")
-            if policy.on_error == "abort":
-                refused = next((r for r in results if r.status in ("failed", "skipped")), None)
-                if refused is not None:
-                    raise IngestAborted(f"{refused.source.uri}: {refused.error}", outcome)
+        try:
+            _bronze_passes(bronze, to_do, by_source, outcome, warehouse_path, run_id, isolate, log)
+        finally:
+            bronze.close()
     return outcome
+
+
+def _bronze_passes(
+    bronze: _Bronze,
+    to_do: Sequence[SourceFile],
+    by_source: dict[SourceFile, LandedObject],
+    outcome: BronzeOutcome,
+    warehouse_path: str | Path,
+    run_id: str | None,
+    isolate: bool,
+    log: Log | None,
+) -> None:
+    for files in _passes(to_do, isolate):
+        with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
+            attempts = ledger.mark_parsing(con, files, run_id=run_id, at=now())
+        try:
+            results = bronze.handle_pass([(by_source[s], s) for s in files], attempts)
+        except BaseException:
+            # The run's machinery failed, not these files: they go back to `queued` (when the
+            # warehouse can still be reached) and the run fails.
+            _release(warehouse_path, files)
+            raise
+        with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
+            bronze.record(con, results, run_id)
+        bronze.forget_work()
+        for r in results:
+            if r.report is not None:
+                outcome.reports.append(r.report)
+            elif r.status == "vanished":
+                outcome.vanished.append(r.source.uri)
+            elif r.status == "retrying":
+                outcome.retrying[r.source.uri] = (r.error or "", r.retry_at or now())
+            else:
+                outcome.unreadable[r.source.uri] = r.error or ""
+            if log and r.status in ("failed", "retrying"):
+                log(f"{r.source.uri}: {r.status}: {r.error}")
+        if bronze.policy.on_error == "abort":
+            refused = next((r for r in results if r.status in ("failed", "skipped")), None)
+            if refused is not None:
+                raise IngestAborted(f"{refused.source.uri}: {refused.error}", outcome)
 
 
 def _release(warehouse_path: str | Path, files: Sequence[SourceFile]) -> None:
@@ -366,14 +470,15 @@ def _merge_files(
     ]
     with warehouse.transaction(con):
         loaded = merge_bronze(con, feed, bronze_files)
-        at = now()
+        merged = []
         for p in pending:
             valid = p.rows_read - p.rows_rejected
             # Feeds without row dedupe load every valid row (attributes fold in).
-            n = loaded.get((p.source_uri, p.etag), 0) if feed.dedupe_key else valid
-            ledger.record_merged(con, p, n, at)
-            outcome.rows_loaded += n
-            outcome.rows_duplicate += valid - n
+            merged.append((p, loaded.get((p.source_uri, p.etag), 0) if feed.dedupe_key else valid))
+        ledger.record_merged_many(con, merged, now())
+    for p, n in merged:
+        outcome.rows_loaded += n
+        outcome.rows_duplicate += p.rows_read - p.rows_rejected - n
     outcome.files.extend(pending)
 
 
@@ -402,13 +507,20 @@ def merge_pending(
         con.execute(f"SET memory_limit = '{MERGE_MEMORY_LIMIT}'")
         paths: dict[tuple[str, str], Path] = {}
         present, missing = [], []
+        local: dict[str, Path | FileVanished] = {}  # bronze uri -> path (a pass's is shared)
         for p in pending:
-            try:
-                paths[p.source_uri, p.etag] = _local_bronze(lake, p.bronze_uri, Path(tmp))
+            if p.bronze_uri not in local:
+                try:
+                    local[p.bronze_uri] = _local_bronze(lake, p.bronze_uri, Path(tmp))
+                except FileVanished as exc:
+                    local[p.bronze_uri] = exc
+            found = local[p.bronze_uri]
+            if isinstance(found, Path):
+                paths[p.source_uri, p.etag] = found
                 present.append(p)
-            except FileVanished as exc:
+            else:
                 error = (
-                    f"its bronze file {p.bronze_uri} is missing from the lake ({exc.reason}): "
+                    f"its bronze file {p.bronze_uri} is missing from the lake ({found.reason}): "
                     "the file is read again"
                 )
                 missing.append((p, error))

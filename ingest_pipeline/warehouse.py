@@ -26,7 +26,10 @@ CREATE TABLE IF NOT EXISTS events (
     properties JSON,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL
+    landed_at TIMESTAMPTZ NOT NULL,
+    etag VARCHAR,          -- the file version the row came from (ranks same-second uploads)
+    key_hash_hi UBIGINT,   -- MD5 of the key (merge.key_hash_sql): what a merge joins on
+    key_hash_lo UBIGINT
     -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS account_events (
@@ -37,7 +40,10 @@ CREATE TABLE IF NOT EXISTS account_events (
     properties JSON,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL
+    landed_at TIMESTAMPTZ NOT NULL,
+    etag VARCHAR,          -- the file version the row came from (ranks same-second uploads)
+    key_hash_hi UBIGINT,   -- MD5 of the key (merge.key_hash_sql): what a merge joins on
+    key_hash_lo UBIGINT
     -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS contacts (
@@ -70,6 +76,7 @@ CREATE TABLE IF NOT EXISTS attribute_values (
     landed_at TIMESTAMPTZ NOT NULL,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
+    etag VARCHAR,
     PRIMARY KEY (tenant_id, entity, entity_key, attribute)
 );
 CREATE TABLE IF NOT EXISTS contact_accounts (
@@ -79,7 +86,10 @@ CREATE TABLE IF NOT EXISTS contact_accounts (
     updated_at TIMESTAMPTZ,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL
+    landed_at TIMESTAMPTZ NOT NULL,
+    etag VARCHAR,
+    key_hash_hi UBIGINT,
+    key_hash_lo UBIGINT
     -- unique on (tenant_id, contact_key) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS aliases (
@@ -106,7 +116,10 @@ CREATE TABLE IF NOT EXISTS crm_leads (
     attributes JSON,
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
-    landed_at TIMESTAMPTZ NOT NULL
+    landed_at TIMESTAMPTZ NOT NULL,
+    etag VARCHAR,          -- the file version the row came from (ranks same-second uploads)
+    key_hash_hi UBIGINT,   -- MD5 of the key (merge.key_hash_sql): what a merge joins on
+    key_hash_lo UBIGINT
     -- unique on (key columns) by construction of the merge (merge.py), no index
 );
 CREATE TABLE IF NOT EXISTS ingested_files (
@@ -141,6 +154,8 @@ ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS requests INTEGER;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS request_key VARCHAR;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS queued_at TIMESTAMPTZ;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS retry_at TIMESTAMPTZ;
+ALTER TABLE attribute_values ADD COLUMN IF NOT EXISTS etag VARCHAR;
+CREATE TABLE IF NOT EXISTS warehouse_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected_rows (
     source_uri VARCHAR NOT NULL,
     etag VARCHAR NOT NULL,
@@ -152,6 +167,52 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     PRIMARY KEY (source_uri, etag, line_number)
 );
 """
+
+
+# Raised whenever DDL or the migrations below change: a connection runs them only when the
+# warehouse file says it is older, not on every connect.
+SCHEMA_VERSION = 2
+ROW_TABLES = ("events", "account_events", "contact_accounts", "crm_leads")
+
+
+def _migrate(con: duckdb.DuckDBPyConnection) -> None:
+    """Row tables of older warehouses get `etag` and the key hash (filled in for stored rows)."""
+    from ingest_pipeline.feeds import FEEDS
+    from ingest_pipeline.merge import key_hash_sql, split_hash_sql
+
+    for table in ROW_TABLES:
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS etag VARCHAR")
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS key_hash_hi UBIGINT")
+        con.execute(f"ALTER TABLE {table} ADD COLUMN IF NOT EXISTS key_hash_lo UBIGINT")
+    keys = {t.table: t.key for f in FEEDS.values() for t in f.targets if t.mode == "row"}
+    for table, key in keys.items():
+        types = {
+            name: type_
+            for name, type_ in con.execute(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = ?",
+                [table],
+            ).fetchall()
+        }
+        hi, lo = split_hash_sql(key_hash_sql({k: f'"{k}"' for k in key}, types))
+        con.execute(
+            f"UPDATE {table} SET key_hash_hi = {hi}, key_hash_lo = {lo} WHERE key_hash_hi IS NULL"
+        )
+
+
+def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
+    """The warehouse's tables as this version of the code needs them (created or migrated)."""
+    try:
+        rows = con.execute("SELECT max(version) FROM warehouse_schema").fetchall()
+    except duckdb.CatalogException:
+        rows = [(None,)]
+    if rows[0][0] == SCHEMA_VERSION:
+        return
+    with transaction(con):
+        con.execute(DDL)
+        _migrate(con)
+        con.execute("DELETE FROM warehouse_schema")
+        con.execute("INSERT INTO warehouse_schema VALUES (?)", [SCHEMA_VERSION])
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
@@ -192,7 +253,7 @@ def connect(
             delay = min(delay * 2, 2.0)
     try:
         if not read_only:
-            con.execute(DDL)
+            ensure_schema(con)
         yield con
     finally:
         con.close()

@@ -46,6 +46,9 @@ RUN_COLUMNS = {
         "request_key",
         "attempts",
         "requests",
+        # Small files read in one bulk pass share its bronze file; which pass (and so which
+        # bronze file) a file lands in depends on how the runs grouped them.
+        "bronze_uri",
     )
 }
 
@@ -186,32 +189,34 @@ def counts(con):
 
 
 if mode == "merge":
-    # Stop inside the merge transaction, after the rows were inserted and `stop_at` files were
-    # flipped to ingested, before COMMIT.
-    original = ledger.record_merged
+    # Stop inside the merge transaction, after the rows were inserted and the files were
+    # flipped to ingested, before COMMIT (`stop_at`: the how-manieth merge transaction).
+    original = ledger.record_merged_many
 
-    def record_merged(con, pending, rows_loaded, at):
+    def record_merged_many(con, merged, at):
         global calls
-        original(con, pending, rows_loaded, at)
+        original(con, merged, at)
         calls += 1
         if calls == stop_at:
-            park({"stopped": "merge", "file": pending.source_uri, "counts": counts(con)})
+            park({"stopped": "merge", "files": [p.source_uri for p, _ in merged],
+                  "counts": counts(con)})
 
-    ledger.record_merged = record_merged
+    ledger.record_merged_many = record_merged_many
 
 if mode == "bronze":
-    # Stop after the `stop_at`-th file's bronze Parquet is in the lake, before its ledger row.
-    original_parsed = ledger.record_parsed
+    # Stop when the `stop_at`-th pass's bronze Parquet is in the lake, before its files'
+    # ledger rows are written.
+    original_outcomes = ledger.record_outcomes
 
-    def record_parsed(con, report, **kwargs):
+    def record_outcomes(con, outcomes, feed, **kwargs):
         global calls
         calls += 1
         if calls == stop_at:
-            park({"stopped": "bronze", "file": report.source.uri,
-                  "bronze_uri": kwargs.get("bronze_uri")})
-        original_parsed(con, report, **kwargs)
+            park({"stopped": "bronze", "files": [o.source.uri for o in outcomes],
+                  "bronze_uri": outcomes[0].bronze_uri})
+        original_outcomes(con, outcomes, feed, **kwargs)
 
-    ledger.record_parsed = record_parsed
+    ledger.record_outcomes = record_outcomes
 
 objects = [landing.stat(k) for k in keys] if keys else list(landing.list(feed.landing_prefix))
 if mode in ("bronze", "full"):

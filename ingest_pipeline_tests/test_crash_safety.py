@@ -79,14 +79,14 @@ def test_sigkill_inside_the_merge_transaction_leaves_the_warehouse_as_before(
         o.key: "parsed" for o in waiting
     }
 
-    child = chaos.Child(root, env, "merge", feed, stop_at=2)
+    child = chaos.Child(root, env, "merge", feed, stop_at=1)
     parked = child.wait_stopped()
     child.kill()
-    # The child was provably inside the transaction: its rows were in (uncommitted) and two of the
-    # three files were already flipped to ingested.
+    # The child was provably inside the transaction: its rows were in (uncommitted) and the
+    # three files were already flipped to ingested (in one statement).
     table = feed.primary_target.table
     assert parked["counts"][table] > len(before[table]), parked
-    assert parked["counts"]["ingested"] == 1 + 2, parked
+    assert parked["counts"]["ingested"] == 1 + 3, parked
 
     # Opened afresh after the kill: exactly as before, the files still parsed.
     assert chaos.snapshot(wh) == before
@@ -110,17 +110,17 @@ def test_sigkill_between_bronze_parquet_and_ledger_row_then_rerun_equals_referen
     wh = root / "warehouse.duckdb"
     before = chaos.snapshot(wh)
 
-    # Stop when the second file's bronze Parquet (and quarantine) is in the lake, before its
-    # ledger row is written.
-    child = chaos.Child(root, env, "bronze", feed, stop_at=2, keys=[o.key for o in batch])
+    # Stop when the pass's bronze Parquet (and quarantine) is in the lake, before its files'
+    # ledger rows are written (the three small files are read in one pass).
+    child = chaos.Child(root, env, "bronze", feed, stop_at=1, keys=[o.key for o in batch])
     parked = child.wait_stopped()
     child.kill()
-    assert parked["file"] == batch[1].uri
+    assert parked["files"] == [o.uri for o in batch]
     assert (root / "lake" / parked["bronze_uri"]).is_file()  # written before the kill
 
     # The ledger knew the batch from the start: the run had claimed it and was reading its
-    # pass; the pass's results (one transaction, in which the first file was already recorded)
-    # were never committed, so every file of the pass is still `parsing`, with no rows.
+    # pass; the pass's results were never recorded, so every file of the pass is still
+    # `parsing`, with no rows.
     status = chaos.ledger(wh)
     assert {k: status.get(k) for k in (o.key for o in batch)} == {o.key: "parsing" for o in batch}
     with warehouse.connect(wh) as con:

@@ -371,7 +371,7 @@ def test_a_merge_failing_midway_changes_nothing(
 
     # after merge_bronze, inside the transaction; or after a feed's first target is merged and
     # before its second (identify: attribute_values; group: contact_accounts, then accounts)
-    for where, module, name in (("ledger", ledger, "record_merged"),
+    for where, module, name in (("ledger", ledger, "record_merged_many"),
                                 ("attributes", merge, "_merge_attributes")):  # fmt: skip
         h = Harness(tmp_path / where)
         h.replay(first)

@@ -201,14 +201,24 @@ def statuses(wh: Path) -> dict[str, tuple[str, str | None]]:
 
 def test_an_exception_while_reading_one_file_fails_it_alone(site, monkeypatch) -> None:
     objects = [site["landing"].put(f"track/{t}.jsonl", track_file(t)) for t in "abc"]
-    real = pipeline.process_file
+    real_file, real_pass = pipeline.process_file, pipeline.process_pass
 
-    def process_file(local, source, feed, work, policy=None):
-        if source.key == "track/b.jsonl":
+    def decode(key: str) -> None:
+        if key == "track/b.jsonl":
             raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
-        return real(local, source, feed, work, policy=policy)
+
+    def process_file(local, source, feed, work, policy=None, con=None):
+        decode(source.key)
+        return real_file(local, source, feed, work, policy=policy, con=con)
+
+    def process_pass(inputs, feed, work, policy, con):
+        # The three small files are read in one pass: b raises there, then alone.
+        for _, source in inputs:
+            decode(source.key)
+        return real_pass(inputs, feed, work, policy, con)
 
     monkeypatch.setattr(pipeline, "process_file", process_file)
+    monkeypatch.setattr(pipeline, "process_pass", process_pass)
     outcome = bronze(site, objects)
     pipeline.merge_pending(TRACK, lake=site["lake"], warehouse_path=site["wh"])
     got = statuses(site["wh"])
@@ -244,7 +254,8 @@ def test_a_bronze_file_gone_from_the_lake_is_read_again_and_an_unmergeable_one_f
     site,
 ) -> None:
     objects = [site["landing"].put(f"track/{t}.jsonl", track_file(t)) for t in "abc"]
-    bronze(site, objects)
+    for i, one in enumerate(objects):  # runs of one file each: a bronze file each
+        bronze(site, [one], run_id=f"run-1{i}")
     with warehouse.connect(site["wh"]) as con:
         uris = dict(con.execute("SELECT landing_key, bronze_uri FROM ingested_files").fetchall())
     (site["lake"].root / uris["track/a.jsonl"]).unlink()
@@ -269,11 +280,12 @@ def test_a_file_whose_rows_cannot_merge_fails_alone_with_its_rows_quarantined(si
         uri = con.execute(
             "SELECT bronze_uri FROM ingested_files WHERE landing_key = 'track/b.jsonl'"
         ).fetchall()[0][0]
-        # A bronze file of the right name whose properties are not JSON: its rows do not fit
-        # `events` (as a bronze file of an older, incompatible layout would not).
+        # A bronze file whose properties are not JSON for b's rows (a and b were read in one
+        # pass and share it): b's rows do not fit `events`, a's do.
         path = site["lake"].root / uri
         con.execute(
-            f"COPY (SELECT * REPLACE ('{{not json' AS properties) FROM read_parquet('{path}'))"
+            f"COPY (SELECT * REPLACE (CASE WHEN source_uri = '{objects[1].uri}' THEN '{{not json'"
+            f" ELSE properties::VARCHAR END AS properties) FROM read_parquet('{path}'))"
             f" TO '{path}.new' (FORMAT parquet)"
         )
     os.replace(f"{path}.new", path)
@@ -470,7 +482,13 @@ def test_the_ledger_knows_a_file_from_its_request_and_a_lost_request_is_made_aga
         time_passes(local_env["wh"], 121)
         (again,) = sensor.tick()
         assert again.run_key != request.run_key
-        assert again.run_config == request.run_config
+        # the same file, under the new request
+        config = again.run_config["ops"]["track_bronze"]["config"]
+        assert config["request"] == again.run_key
+        with warehouse.connect(local_env["wh"]) as con:
+            assert [f.landing_key for f in ledger.requested_files(con, again.run_key)] == [
+                "track/a.jsonl"
+            ]
         assert sensor.run(again).success
     assert statuses(local_env["wh"])["track/a.jsonl"][0] == "ingested"
 
@@ -508,7 +526,9 @@ def test_a_run_that_died_while_reading_has_its_pass_read_again_file_by_file(loca
         (request,) = sensor.tick()
         config = request.run_config["ops"]["track_bronze"]["config"]
         assert config["isolate"] is True
-        assert sorted(f["key"] for f in config["files"]) == [o.key for o in objects]
+        with warehouse.connect(local_env["wh"]) as con:
+            requested = ledger.requested_files(con, config["request"])
+        assert sorted(f.landing_key for f in requested) == [o.key for o in objects]
         assert request.tags["ingest/why"] == "isolated retry"
         assert sensor.run(request).success
     assert {s for s, _ in statuses(local_env["wh"]).values()} == {"ingested"}

@@ -3,7 +3,7 @@
 
 import dagster as dg
 
-from ingest_pipeline import pipeline
+from ingest_pipeline import ledger, pipeline, warehouse
 from ingest_pipeline.config import IngestConfig, load_config
 from ingest_pipeline.defs.ingestion.partitions import landing_date_partitions
 from ingest_pipeline.defs.warehouse.resources import IngestResource
@@ -38,6 +38,9 @@ class IngestFilesConfig(dg.Config):
     """Which files a run ingests. Empty: every file of the feed that landed on the partition's
     date (a backfill), re-ingested idempotently."""
 
+    # The sensor's request: the files the ledger holds as queued under this key (a run's
+    # config stays small however many files it takes).
+    request: str = ""
     files: list[LandedFileConfig] = []
     keys: list[str] = []  # landing keys to (re-)ingest on their own, e.g. track/2026/a.jsonl
     force: bool = False  # re-ingest files the ledger already shows as ingested
@@ -53,6 +56,10 @@ def _files_to_ingest(
     ingest: IngestResource,
 ) -> tuple[list[LandedObject], bool]:
     landing = ingest.landing()
+    if config.request:
+        with warehouse.connect(ingest.warehouse()) as con:
+            requested = ledger.requested_files(con, config.request)
+        return [f.landed for f in requested], config.force
     if config.files:
         return [LandedObject.from_dict(f.model_dump()) for f in config.files], config.force
     if config.keys:

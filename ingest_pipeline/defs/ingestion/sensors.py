@@ -19,7 +19,6 @@ from ingest_pipeline.defs.ingestion.jobs import feed_jobs
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.discovery import plan_tick
 from ingest_pipeline.feeds import FEEDS, FeedSpec
-from ingest_pipeline.landing import LandedObject
 from ingest_pipeline.pipeline import RetryPolicy, now, source_of
 from ingest_pipeline.recovery import RunInfo, plan_recovery
 from ingest_pipeline.settings import Settings, get_settings
@@ -72,36 +71,23 @@ def _feed_busy(instance: dg.DagsterInstance, job_name: str) -> bool:
     )
 
 
-def _landed(f: ledger.LedgerFile) -> LandedObject:
-    return LandedObject(
-        key=f.landing_key,
-        etag=f.etag,
-        size=f.size_bytes,
-        last_modified=f.landed_at,
-        uri=f.source_uri,
-    )
-
-
 def _bronze_request(
     feed: FeedSpec,
     run_key: str,
-    files: Sequence[LandedObject],
+    files: int,
+    partition: str,
     *,
     isolate: bool = False,
     reason: str,
 ) -> dg.RunRequest:
-    partition = max(o.last_modified for o in files).strftime("%Y-%m-%d")
+    """A run of the feed's job for the files the ledger holds under `run_key` (its request)."""
     return dg.RunRequest(
         run_key=run_key,
         partition_key=partition,
         run_config={
-            "ops": {
-                f"{feed.name}_bronze": {
-                    "config": {"files": [o.to_dict() for o in files], "isolate": isolate}
-                }
-            }
+            "ops": {f"{feed.name}_bronze": {"config": {"request": run_key, "isolate": isolate}}}
         },
-        tags={"ingest/feed": feed.name, "ingest/files": str(len(files)), "ingest/why": reason},
+        tags={"ingest/feed": feed.name, "ingest/files": str(files), "ingest/why": reason},
     )
 
 
@@ -142,11 +128,15 @@ def build_feed_sensor(feed: FeedSpec) -> dg.SensorDefinition:
                 for batch in plan.batches:
                     sources = [source_of(o, tenant) for o in batch.files]
                     new = ledger.queue(con, sources, feed.name, at=at, request_key=batch.run_key)
-                    fresh = {s.uri for s in new}
-                    files = [o for o in batch.files if o.uri in fresh]
-                    if files:
+                    if new:
                         requests.append(
-                            _bronze_request(feed, batch.run_key, files, reason="new files")
+                            _bronze_request(
+                                feed,
+                                batch.run_key,
+                                len(new),
+                                batch.partition_key,
+                                reason="new files",
+                            )
                         )
         except duckdb.Error as exc:
             # The cursor is not moved: the next tick sees the same files again.
@@ -196,7 +186,8 @@ def _reconcile(
             _bronze_request(
                 feed,
                 again.request_key,
-                [_landed(f) for f in again.files],
+                len(again.files),
+                max(f.landed_at for f in again.files).strftime("%Y-%m-%d"),
                 isolate=again.isolate,
                 reason="isolated retry" if again.isolate else "retry",
             )
