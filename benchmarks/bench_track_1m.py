@@ -380,7 +380,7 @@ def instrument(stages: Stages, landing: Any, lake: Any) -> None:
     # Validation and writes run on a worker thread, overlapping DuckDB: only the main thread's
     # waits for it are timed (the stage timer is not thread-safe).
     bronze.Future.result = stages.wrap(S_HANDOVER, bronze.Future.result)
-    ledger.record_parsed = stages.wrap(S_LEDGER, ledger.record_parsed)
+    ledger.record_outcomes = stages.wrap(S_LEDGER, ledger.record_outcomes)
     landing.download = stages.wrap(S_DOWNLOAD, landing.download)
     lake.put = stages.wrap(S_LAKE_PUT, lake.put)
 
