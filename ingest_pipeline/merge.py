@@ -109,8 +109,11 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
     else:  # bronze files of an older version
         parts = {k: target.columns[k] for k in target.key}
         hi, lo = split_hash_sql(key_hash_sql(parts, {k: batch_types[e] for k, e in parts.items()}))
-    key = ", ".join(KEY_HASH)
-    same_key = " AND ".join(f"t.{c} = w.{c}" for c in KEY_HASH)
+    # Rows are matched by key hash and by the key itself: the hash makes the join cheap, the
+    # key makes a hash collision (MD5's can be crafted) two keys, not one.
+    key_cols = [*KEY_HASH, *(ident(k) for k in target.key)]
+    key = ", ".join(key_cols)
+    same_key = " AND ".join(f"t.{c} = w.{c}" for c in key_cols)
     batch_keyed = (
         f"(SELECT {select}, etag, {hi} AS key_hash_hi, {lo} AS key_hash_lo FROM batch)"
     )

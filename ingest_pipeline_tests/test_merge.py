@@ -459,3 +459,33 @@ def test_random_files_every_feed_match_the_model(tmp_path: Path) -> None:
         k: row["account"] for k, (_, _, row) in leads.items()
     }
     assert json.dumps(got, default=str)  # everything serialisable: no half-merged odd values
+
+
+def test_keys_whose_hashes_collide_stay_two_keys(tmp_path: Path) -> None:
+    """The merge finds stored rows by key hash (issue #8); MD5 collisions can be crafted, so two
+    keys with one hash must still be two keys. Every row's hash is forced to one value here."""
+    import duckdb
+
+    h = Harness(tmp_path)
+    events = [
+        {"event_text": "opened", "event_timestamp": 1_709_294_400 + i, "contact_key": f"c{i}"}
+        for i in range(4)
+    ]
+    first = h.parse(Landed("track/a.jsonl", ndjson(events[:2]), landed_at=at(0)))
+    second = h.parse(Landed("track/b.jsonl", ndjson(events[2:] + events[:1]), landed_at=at(5)))
+    for report in (first, second):
+        path = report.bronze_path
+        con = duckdb.connect()
+        con.execute(
+            f"COPY (SELECT * REPLACE (0::UBIGINT AS key_hash_hi__events, "
+            f"0::UBIGINT AS key_hash_lo__events) FROM read_parquet('{path}')) "
+            f"TO '{path}.new' (FORMAT parquet)"
+        )
+        con.close()
+        Path(f"{path}.new").replace(path)
+    h.replay([first])
+    h.replay([second])
+    rows = h.query("SELECT contact_key, source_uri FROM events ORDER BY contact_key")
+    assert [r["contact_key"] for r in rows] == ["c0", "c1", "c2", "c3"]
+    # c0 is in both files: the later landed file's row won
+    assert rows[0]["source_uri"].endswith("b.jsonl")
