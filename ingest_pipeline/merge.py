@@ -114,9 +114,7 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
     key_cols = [*KEY_HASH, *(ident(k) for k in target.key)]
     key = ", ".join(key_cols)
     same_key = " AND ".join(f"t.{c} = w.{c}" for c in key_cols)
-    batch_keyed = (
-        f"(SELECT {select}, etag, {hi} AS key_hash_hi, {lo} AS key_hash_lo FROM batch)"
-    )
+    batch_keyed = f"(SELECT {select}, etag, {hi} AS key_hash_hi, {lo} AS key_hash_lo FROM batch)"
     prune = ""
     if target.prune_column:
         # Stored rows outside the batch's range of this column cannot match: DuckDB's min/max

@@ -1091,9 +1091,7 @@ class NdjsonPass:
                     content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT
                 ):
                     column = pa.array(np.full(batch.num_rows, index, np.int32))
-                    yield pa.record_batch(
-                        [*batch.columns, column], schema=INDEXED_LINE_SCHEMA
-                    )
+                    yield pa.record_batch([*batch.columns, column], schema=INDEXED_LINE_SCHEMA)
 
         con.register(
             NDJSON_PASS_VIEW, pa.RecordBatchReader.from_batches(INDEXED_LINE_SCHEMA, batches())
