@@ -207,6 +207,25 @@ class Site:
         raise SystemExit(f"not every file final in time: {ledger(self.wh)}")
 
 
+def timeline(wh: Path, landed_wall: float) -> list[dict]:
+    """Per run, seconds after the last file landed: when its files were requested, its bronze
+    step started, its files were final. Where the time goes."""
+    con = duckdb.connect(str(wh), read_only=True)
+    try:
+        rows = con.execute(
+            "SELECT count(*), epoch(min(queued_at)), epoch(min(started_at)), "
+            "epoch(max(finished_at)) FROM ingested_files "
+            "GROUP BY run_id ORDER BY 2"
+        ).fetchall()
+    finally:
+        con.close()
+    keys = ("files", "requested_s", "bronze_started_s", "final_s")
+    return [
+        {k: v if k == "files" else round(v - landed_wall, 1) for k, v in zip(keys, r, strict=True)}
+        for r in rows
+    ]
+
+
 def throughput(args: argparse.Namespace, root: Path) -> dict:
     site = Site(root, args.landing, args.interval)
     files = {f"track/f{i:06d}.jsonl": body(i, args.lines) for i in range(args.files)}
@@ -225,10 +244,12 @@ def throughput(args: argparse.Namespace, root: Path) -> dict:
         else:
             site.start_daemon(args.settle)
             landed = site.land(files)
+            landed_wall = time.time()
             done = site.wait_final(args.files, args.files * args.lines, landed + args.timeout)
     finally:
         site.stop()
     state = ledger(site.wh)
+    runs = [] if args.cli else timeline(site.wh, landed_wall)
     seconds = done - landed
     result = {
         "mode": "cli" if args.cli else "daemon",
@@ -238,6 +259,7 @@ def throughput(args: argparse.Namespace, root: Path) -> dict:
         "seconds": round(seconds, 2),
         "files_per_second": round(args.files / seconds, 1),
         "ledger": state,
+        "runs": runs,
     }
     assert state is not None and state[2] == args.files * args.lines, state
     return result
