@@ -489,3 +489,30 @@ def test_keys_whose_hashes_collide_stay_two_keys(tmp_path: Path) -> None:
     assert [r["contact_key"] for r in rows] == ["c0", "c1", "c2", "c3"]
     # c0 is in both files: the later landed file's row won
     assert rows[0]["source_uri"].endswith("b.jsonl")
+
+
+def test_two_versions_landed_in_the_same_second_end_the_same_in_any_merge_order(
+    tmp_path: Path,
+) -> None:
+    """S3's LastModified has one-second resolution: two versions of one key can share landed_at
+    and source_uri. The etag breaks the tie (issue #8), so the merge order does not decide."""
+    h = Harness(tmp_path / "parse")
+    uri = "s3://landing/track/same.jsonl"
+    old = Landed(
+        "track/same.jsonl", ndjson([event("c1", 1700000000, plan="v1")]), etag="e1", uri=uri
+    )
+    new = Landed(
+        "track/same.jsonl", ndjson([event("c1", 1700000000, plan="v2")]), etag="e2", uri=uri
+    )
+    people_old = Landed(
+        "identify/p.jsonl", ndjson([{"contact_key": "c1", "email": "a@b.co", "plan": "v1"}]), etag="e1"
+    )
+    people_new = Landed(
+        "identify/p.jsonl", ndjson([{"contact_key": "c1", "email": "a@b.co", "plan": "v2"}]), etag="e2"
+    )
+    reports = [h.parse(f) for f in (old, new, people_old, people_new)]
+    snapshot, _ = merged_in_every_order(tmp_path, reports, ("events", "contacts"))
+    [stored] = snapshot["events"]
+    assert stored["properties"] == {"plan": "v2"} and stored["etag"] == "e2"
+    [person] = snapshot["contacts"]
+    assert person["attributes"] == {"plan": "v2"}
