@@ -45,7 +45,7 @@ def write_batch(path: Path, batch: int, rows: int) -> None:
                    'etag-{batch}' AS etag,
                    to_timestamp({T0} + {batch} * 3600) AS landed_at,
                    i + 1 AS line_number,
-                   'contact-' || ({batch} * {rows} + i) AS contact_key,
+                   'contact-' || ({batch}::BIGINT * {rows} + i) AS contact_key,
                    (['opened', 'clicked', 'bought', 'viewed'])[i % 4 + 1] AS event_text,
                    to_timestamp({T0} + (hash(i, {batch}) % {SPAN})::BIGINT) AS event_timestamp,
                    json_object('plan', (['free', 'pro'])[i % 2 + 1], 'n', i)::JSON AS properties

@@ -22,6 +22,7 @@ Two ways in, one engine (`_stream`):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -32,10 +33,10 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ingest_pipeline.arrow import pa
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.feeds import FeedSpec, FieldSpec, TargetSpec
 from ingest_pipeline.merge import key_hash_columns, key_hash_sql, split_hash_sql
@@ -120,6 +121,7 @@ class SourceFile:
         return self.landed_at.date().isoformat()
 
 
+@functools.cache  # Arrow tables are immutable: one empty table serves every report
 def _no_rejects() -> pa.Table:
     return QUARANTINE_SCHEMA.empty_table().select(REJECT_COLUMNS)
 

@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import duckdb
-import pyarrow as pa
 
+from ingest_pipeline.arrow import pa
 from ingest_pipeline.bronze import FileReport, SourceFile
 from ingest_pipeline.landing import LandedObject
 

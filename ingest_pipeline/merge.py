@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
-import pyarrow as pa
 
+from ingest_pipeline.arrow import pa
 from ingest_pipeline.feeds import FeedSpec, TargetSpec
 from ingest_pipeline.parsing import ident, sql_str
 

@@ -34,9 +34,9 @@ from typing import Literal
 
 import duckdb
 import numpy as np
-import pyarrow as pa
 import pyarrow.compute as pc
 
+from ingest_pipeline.arrow import pa
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.reading import (
     LINE_SCHEMA,
@@ -1071,6 +1071,7 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
 # The line batches of several files, each with the index of its file (NdjsonPass).
 INDEXED_LINE_SCHEMA = LINE_SCHEMA.append(pa.field("file_index", pa.int32()))
 NDJSON_PASS_VIEW = "ndjson_pass_lines"
+PASS_BATCH_LINES = 16_384
 
 
 @dataclass
@@ -1084,6 +1085,10 @@ class NdjsonPass:
 
     def sql(self, con: duckdb.DuckDBPyConnection) -> str:
         def batches():
+            # Small files give batches of a few lines: DuckDB pays per batch, so they are handed
+            # over joined into batches of PASS_BATCH_LINES lines (in order).
+            pending: list[pa.RecordBatch] = []
+            lines = 0
             for index, content in enumerate(self.contents):
                 if content is None:
                     continue
@@ -1091,7 +1096,15 @@ class NdjsonPass:
                     content, max_line_bytes=MAX_LINE_BYTES, keep_bytes=RAW_TEXT_LIMIT
                 ):
                     column = pa.array(np.full(batch.num_rows, index, np.int32))
-                    yield pa.record_batch([*batch.columns, column], schema=INDEXED_LINE_SCHEMA)
+                    pending.append(
+                        pa.record_batch([*batch.columns, column], schema=INDEXED_LINE_SCHEMA)
+                    )
+                    lines += batch.num_rows
+                    if lines >= PASS_BATCH_LINES:
+                        yield pa.concat_batches(pending)
+                        pending, lines = [], 0
+            if pending:
+                yield pa.concat_batches(pending)
 
         con.register(
             NDJSON_PASS_VIEW, pa.RecordBatchReader.from_batches(INDEXED_LINE_SCHEMA, batches())

@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Literal
 
 import duckdb
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ingest_pipeline import ledger, warehouse
+from ingest_pipeline.arrow import pa
 from ingest_pipeline.bronze import (
     FileReport,
     SourceFile,
@@ -218,8 +218,9 @@ class _Bronze:
         self, obj: LandedObject, source: SourceFile, attempts: int
     ) -> tuple[Path | None, FileResult | None]:
         started = now()
-        local = self.downloads / source.file_id / Path(obj.key).name
-        local.parent.mkdir(parents=True, exist_ok=True)
+        # One folder for the run's downloads (a folder per file cost a mkdir and an rmdir each);
+        # the name keeps the key's extensions, which say the format.
+        local = self.downloads / f"{source.file_id}-{Path(obj.key).name}"
         try:
             self.landing.download(obj, local)
         except FileVanished as exc:
@@ -264,6 +265,7 @@ class _Bronze:
         attempts: dict[tuple[str, str], int],
     ) -> list[FileResult]:
         """Download, read and write bronze for the files of one pass (results in input order)."""
+        self.downloads.mkdir(parents=True, exist_ok=True)
         with ThreadPoolExecutor(max_workers=DOWNLOADS, thread_name_prefix="download") as pool:
             fetched = list(
                 pool.map(lambda f: self._download(f[0], f[1], attempts[f[1].uri, f[1].etag]), files)

@@ -17,8 +17,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 from zlib_ng import zlib_ng
+
+from ingest_pipeline.arrow import pa
 
 READ_BYTES = 1 << 20  # compressed bytes read at a time
 GZIP_WBITS = 31  # gzip header and trailer (CRC-32, size), any window size

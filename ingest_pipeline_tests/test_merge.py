@@ -505,10 +505,14 @@ def test_two_versions_landed_in_the_same_second_end_the_same_in_any_merge_order(
         "track/same.jsonl", ndjson([event("c1", 1700000000, plan="v2")]), etag="e2", uri=uri
     )
     people_old = Landed(
-        "identify/p.jsonl", ndjson([{"contact_key": "c1", "email": "a@b.co", "plan": "v1"}]), etag="e1"
+        "identify/p.jsonl",
+        ndjson([{"contact_key": "c1", "email": "a@b.co", "plan": "v1"}]),
+        etag="e1",
     )
     people_new = Landed(
-        "identify/p.jsonl", ndjson([{"contact_key": "c1", "email": "a@b.co", "plan": "v2"}]), etag="e2"
+        "identify/p.jsonl",
+        ndjson([{"contact_key": "c1", "email": "a@b.co", "plan": "v2"}]),
+        etag="e2",
     )
     reports = [h.parse(f) for f in (old, new, people_old, people_new)]
     snapshot, _ = merged_in_every_order(tmp_path, reports, ("events", "contacts"))
