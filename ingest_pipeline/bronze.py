@@ -64,7 +64,7 @@ from ingest_pipeline.validation import (
     validation_columns_sql,
 )
 
-MEMORY_LIMIT = "1GB"
+MEMORY_LIMIT = "512MB"
 # Records validated and written at a time: 1M-line file, 100k: 2.2 s and 0.7 GiB peak,
 # 500k: 2.6 s and 1.1 GiB (fewer, bigger chunks in flight), 50k: 2.4 s and 0.6 GiB.
 CHUNK_ROWS = 100_000

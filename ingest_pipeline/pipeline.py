@@ -46,7 +46,7 @@ from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, LocalLanding
 from ingest_pipeline.merge import BronzeFile, merge_bronze
 
-MERGE_MEMORY_LIMIT = "1GB"
+MERGE_MEMORY_LIMIT = "512MB"
 # Small files read and recorded together (one DuckDB query, one ledger transaction); a run
 # that dies while reading a pass makes every file of it a suspect, read alone next time
 # (recovery.py).
