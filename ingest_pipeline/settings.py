@@ -56,7 +56,7 @@ def get_settings() -> Settings:
         tenant=os.environ.get("INGEST_TENANT", "default"),
         # A run is a process start: batch many small files per run, but bound the batch so one
         # run's work (and its failure) stays small.
-        max_files_per_run=_int_env("INGEST_MAX_FILES_PER_RUN", 2000),
+        max_files_per_run=_int_env("INGEST_MAX_FILES_PER_RUN", 5000),
         max_runs_per_tick=_int_env("INGEST_MAX_RUNS_PER_TICK", 25),
         # Objects whose LastModified is this far behind the newest one seen are still looked for,
         # so an upload that started earlier but finished later is not missed.
