@@ -198,12 +198,12 @@ class Site:
             os.replace(staging / Path(key).name, self.root / "landing" / key)
         return time.monotonic()
 
-    def wait_final(self, files: int, events: int, deadline: float) -> float:
+    def wait_final(self, files: int, events: int, deadline: float, poll: float = 2.0) -> float:
         while time.monotonic() < deadline:
             state = ledger(self.wh)
             if state is not None and state[0] >= files and state[1] >= files and state[2] >= events:
                 return time.monotonic()
-            time.sleep(2 if files > 1 else 0.25)
+            time.sleep(poll)
         raise SystemExit(f"not every file final in time: {ledger(self.wh)}")
 
 
@@ -272,7 +272,7 @@ def latency(args: argparse.Namespace, root: Path) -> dict:
         site.start_daemon(args.settle)
         for i in range(args.latency):
             landed = site.land({f"track/one-{i}.jsonl": body(10_000_000 + i, args.lines)})
-            done = site.wait_final(i + 1, (i + 1) * args.lines, landed + args.timeout)
+            done = site.wait_final(i + 1, (i + 1) * args.lines, landed + args.timeout, poll=0.1)
             times.append(done - landed)
             print(f"  drop {i + 1}: {times[-1]:.2f} s", flush=True)
             time.sleep(args.interval * 0.37)  # land at varying points of the sensor interval
