@@ -43,6 +43,7 @@ from ingest_pipeline import warehouse
 from ingest_pipeline.bronze import process_file
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.feeds import FEEDS
+from ingest_pipeline.landing import LandedObject
 from ingest_pipeline_tests.helpers import TENANT, Harness, Landed, rows_of
 
 T0 = datetime(2026, 11, 1, 9, 0, tzinfo=UTC)
@@ -572,13 +573,61 @@ class Outcome:
     contacts: dict[tuple, dict[str, Any]]
 
 
-def ingest_and_check(files: Sequence[tuple[Landed, str]], *, batch: bool = False) -> Outcome:
-    """Ingest the files (one merge per file, or all in one merge), check every file and table."""
+class _Landing:
+    """The generated files as a landing zone: each downloads as its body (the run path reads
+    them from here, with the oracle's identities: uri, ETag, landing time)."""
+
+    def __init__(self, files: Sequence[Landed]) -> None:
+        self.bodies = {f.key: f.body for f in files}
+
+    @staticmethod
+    def listed(f: Landed) -> LandedObject:
+        return LandedObject(
+            key=f.key,
+            etag=f.version,
+            size=len(f.body),
+            last_modified=f.landed_at,
+            uri=f.source_uri,
+        )
+
+    def download(self, obj: LandedObject, dest: Path) -> LandedObject:
+        Path(dest).write_bytes(self.bodies[obj.key])
+        return obj
+
+
+def _ingest_as_one_run(h: Harness, files: Sequence[tuple[Landed, str]]) -> None:
+    """Every feed's files through one run's path (`pipeline.ingest_to_bronze`: small NDJSON
+    files read together in bulk passes, the others alone), then one merge per feed."""
+    from ingest_pipeline import pipeline
+
+    landing = _Landing([landed for landed, _ in files])
+    for feed in dict.fromkeys(feed for _, feed in files):
+        objects = [_Landing.listed(landed) for landed, f in files if f == feed]
+        pipeline.ingest_to_bronze(
+            objects,
+            FEEDS[feed],
+            landing=landing,
+            lake=h.lake,
+            warehouse_path=h.wh_path,
+            tenant_id=TENANT,
+        )
+        pipeline.merge_pending(FEEDS[feed], lake=h.lake, warehouse_path=h.wh_path)
+
+
+def ingest_and_check(
+    files: Sequence[tuple[Landed, str]], *, batch: bool = False, one_run: bool = False
+) -> Outcome:
+    """Ingest the files (one merge per file, all in one merge, or all through one run's path),
+    check every file and table."""
     models = [model_file(landed, feed) for landed, feed in files]
     model = WarehouseModel()
     with tempfile.TemporaryDirectory(prefix="accounting-") as tmp:
         h = Harness(Path(tmp))
-        if batch:
+        if one_run:
+            _ingest_as_one_run(h, files)
+            for feed in dict.fromkeys(feed for _, feed in files):
+                model.merge([m for m in models if m.feed == feed])
+        elif batch:
             h.ingest_batch(*(landed for landed, _ in files))
             for feed in dict.fromkeys(feed for _, feed in files):
                 model.merge([m for m in models if m.feed == feed])
@@ -926,6 +975,32 @@ def test_merge_order_does_not_change_the_warehouse(
     backward = ingest_and_check([(f, "track") for f in reversed(files)])
     batch = ingest_and_check([(f, "track") for f in files], batch=True)
     assert forward.events == backward.events == batch.events
+
+
+@settings(max_examples=examples(12), **SETTINGS)
+@given(
+    ndjson=landed_files("track", "ndjson", max_files=4),
+    csv_files=landed_files("track", "csv", max_files=2),
+    bulk_max_bytes=st.sampled_from([200, 2_000, 4 * 1024 * 1024, 4 * 1024 * 1024]),
+    pass_files=st.integers(2, 4),
+)
+def test_one_run_mixing_small_and_large_files_agrees_with_the_oracle(
+    ndjson: list[Landed], csv_files: list[Landed], bulk_max_bytes: int, pass_files: int
+) -> None:
+    """Issue #8: a run's files in bulk passes (small NDJSON files together, larger ones and CSV
+    alone, passes of a few files) end exactly as the oracle says, file by file and row by row."""
+    from ingest_pipeline import bronze, pipeline
+
+    files = ndjson + [
+        Landed(f"track/other-{i}-" + f.key[len("track/") :], f.body, f.landed_at)
+        for i, f in enumerate(csv_files)
+    ]
+    saved = bronze.BULK_MAX_BYTES, pipeline.PASS_FILES
+    bronze.BULK_MAX_BYTES, pipeline.PASS_FILES = bulk_max_bytes, pass_files
+    try:
+        ingest_and_check([(f, "track") for f in files], one_run=True)
+    finally:
+        bronze.BULK_MAX_BYTES, pipeline.PASS_FILES = saved
 
 
 @settings(max_examples=examples(12), **SETTINGS)
