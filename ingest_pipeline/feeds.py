@@ -39,6 +39,15 @@ class TargetSpec:
     attributes_from: str | None = None  # bronze column holding the JSON attributes
     # A column whose batch min/max bounds the stored rows a merge must read (zone-map pruning).
     prune_column: str | None = None
+    # "attributes" mode: attributes also kept in a column of their own (newest value, like the
+    # rest), e.g. an account's `domain`; they stay in the attributes JSON too.
+    promoted: tuple[str, ...] = ()
+
+    def written_columns(self) -> tuple[str, ...]:
+        """The warehouse columns a merge of this target writes (the DDL must have them)."""
+        if self.mode == "row":
+            return (*self.columns, "etag", "key_hash_hi", "key_hash_lo")
+        return (*self.columns, *self.promoted, "attributes", "first_seen_at", "updated_at")
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ GROUP = FeedSpec(
             mode="attributes",
             attributes_from="attributes",
             columns={"tenant_id": "tenant_id", "account_key": "account_key"},
+            promoted=("domain",),
         ),
     ),
 )

@@ -235,7 +235,7 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
         f"any_value(value ->> '$') FILTER (WHERE attribute = {sql_str(c)}) AS {ident(c)}"
         for c in scalar_cols
     )
-    extra_cols = {"domain"} if entity == "accounts" else set()
+    extra_cols = set(target.promoted)
     other_select = ", ".join(
         f"any_value(value ->> '$') FILTER (WHERE attribute = {sql_str(c)}) AS {ident(c)}"
         for c in sorted(extra_cols)

@@ -211,8 +211,41 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     with transaction(con):
         con.execute(DDL)
         _migrate(con)
+        check_declarations(con)
         con.execute("DELETE FROM warehouse_schema")
         con.execute("INSERT INTO warehouse_schema VALUES (?)", [SCHEMA_VERSION])
+
+
+class SchemaMismatch(RuntimeError):
+    """The warehouse tables and the feed declarations disagree (a code defect, not data)."""
+
+
+def check_declarations(con: duckdb.DuckDBPyConnection) -> None:
+    """Every column a feed's target writes exists in its table: a declaration cannot name a
+    column the DDL lacks (checked when the schema is created or migrated, and by the tests)."""
+    from ingest_pipeline.feeds import FEEDS
+
+    tables: dict[str, set[str]] = {}
+    for table, column in con.execute(
+        "SELECT table_name, column_name FROM information_schema.columns"
+    ).fetchall():
+        tables.setdefault(table, set()).add(column)
+    problems = []
+    for feed in FEEDS.values():
+        for target in feed.targets:
+            have = tables.get(target.table)
+            if have is None:
+                problems.append(f"feed {feed.name}: table {target.table} does not exist")
+                continue
+            missing = [c for c in target.written_columns() if c not in have]
+            if missing:
+                problems.append(
+                    f"feed {feed.name}: {target.table} has no column {', '.join(missing)}"
+                )
+    if problems:
+        raise SchemaMismatch(
+            "the warehouse DDL and the feed declarations disagree: " + "; ".join(problems)
+        )
 
 
 def _is_lock_conflict(exc: duckdb.Error) -> bool:
