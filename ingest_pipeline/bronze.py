@@ -39,6 +39,7 @@ import pyarrow.parquet as pq
 from ingest_pipeline.arrow import pa
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.feeds import FeedSpec, FieldSpec, TargetSpec
+from ingest_pipeline.landing import LandedObject
 from ingest_pipeline.merge import key_hash_columns, key_hash_sql, split_hash_sql
 from ingest_pipeline.parsing import (
     DESCRIBE_JSON_ERRORS,
@@ -111,6 +112,18 @@ class SourceFile:
     landed_at: datetime
     size: int
     tenant_id: str
+
+    @classmethod
+    def of(cls, obj: LandedObject, tenant_id: str) -> SourceFile:
+        """The file a landing listing gave, as the tenant's."""
+        return cls(
+            uri=obj.uri,
+            etag=obj.etag,
+            key=obj.key,
+            landed_at=obj.last_modified,
+            size=obj.size,
+            tenant_id=tenant_id,
+        )
 
     @property
     def file_id(self) -> str:
@@ -374,17 +387,30 @@ class _Counts:
         return cls(z.copy(), z.copy(), z.copy(), z.copy(), file_check)
 
 
-def _reasons_of_unreadable(errors: pa.Array, raws: pa.Array, budget: int) -> tuple[pa.Array, int]:
+def _reasons_of_unreadable(
+    errors: pa.Array, raws: pa.Array, files: np.ndarray, described: np.ndarray
+) -> pa.Array:
     """The reasons of unreadable records: the reader's error, with the position worked out for
-    up to `budget` invalid JSON lines. Returns (reasons, how many were worked out)."""
+    the first DESCRIBE_JSON_ERRORS invalid JSON lines of each file (`files`: each record's file
+    index; `described`: per file, how many were worked out before, updated here)."""
     invalid = np.flatnonzero(pc.equal(errors, INVALID_JSON).to_numpy(zero_copy_only=False))
-    invalid = invalid[:budget]
     if not len(invalid):
-        return errors, 0
+        return errors
+    of_file = files[invalid]
+    # each invalid line's rank among its file's invalid lines in this chunk
+    order = np.argsort(of_file, kind="stable")
+    ranked = of_file[order]
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(ranked)) - np.searchsorted(ranked, ranked, side="left")
+    keep = described[of_file] + rank < DESCRIBE_JSON_ERRORS
+    invalid = invalid[keep]
+    if not len(invalid):
+        return errors
+    described += np.bincount(of_file[keep], minlength=len(described))
     reasons = errors.to_pylist()
     for i, raw in zip(invalid.tolist(), raws.take(pa.array(invalid)).to_pylist(), strict=True):
         reasons[i] = describe_invalid_json(raw)
-    return pa.array(reasons, pa.string()), len(invalid)
+    return pa.array(reasons, pa.string())
 
 
 class _ChunkHandler:
@@ -402,7 +428,7 @@ class _ChunkHandler:
     ) -> None:
         self.feed, self.files, self.quarantine = feed, files, quarantine
         self.found = _Counts.zeros(len(files), file_check)
-        self.describe_budget = DESCRIBE_JSON_ERRORS
+        self.described = np.zeros(len(files), np.int64)  # invalid JSON lines described
         self.hashes = [h for t in _hashed_targets(feed) for h in key_hash_columns(t)]
         self.bronze_inputs = [
             "file_index",
@@ -440,11 +466,12 @@ class _ChunkHandler:
             rejected
         )
         if bad.num_rows:
-            errors = bad["error"].combine_chunks()
-            reasons, described = _reasons_of_unreadable(
-                errors, bad["raw"].combine_chunks(), self.describe_budget
+            reasons = _reasons_of_unreadable(
+                bad["error"].combine_chunks(),
+                bad["raw"].combine_chunks(),
+                bad["file_index"].to_numpy(),
+                self.described,
             )
-            self.describe_budget -= described
             reasons = pc.coalesce(reasons, bad["rule_error"].combine_chunks())
             self.quarantine.add(
                 bad["file_index"].combine_chunks(), bad["line_number"], bad["raw"], reasons
@@ -715,28 +742,20 @@ def process_pass(
             found = _stream(con, records, feed, files, bronze_path, quarantine, None)
         finally:
             quarantine.close()
-        rejected = np.zeros(len(files), np.int64)
-        if quarantine.count:
-            per_file = pq.read_table(quarantine.path, columns=["source_uri", "etag"])
-            counts = per_file.group_by(["source_uri", "etag"]).aggregate([([], "count_all")])
-            index = {(s.uri, s.etag): i for i, s in enumerate(sources)}
-            for uri, etag, n in zip(
-                *(counts[c].to_pylist() for c in counts.column_names), strict=True
-            ):
-                rejected[index[uri, etag]] = n
-        alone = [
+        # Every record went to the bronze file or to the quarantine.
+        rejected = found.read - found.valid
+        alone = {
             i
             for i in range(len(files))
             if records.damage(i) is not None
             or found.read[i] == 0
-            or found.objects[i] * 2
-            < found.read[i]  # mostly not JSON objects: a whole-file verdict?
+            or NdjsonFileCheck.may_refuse(int(found.objects[i]), int(found.read[i]))
             or _policy_refuses(policy, int(rejected[i]), int(found.read[i]))
-        ]
+        }
         if alone:
-            _without_files(con, bronze_path, files, alone)
+            _without_files(con, bronze_path, files, sorted(alone))
             if quarantine.count:
-                _without_files(con, quarantine.path, files, alone)
+                _without_files(con, quarantine.path, files, sorted(alone))
         reports = []
         for i, (path, source) in enumerate(inputs):
             if i in alone:

@@ -100,14 +100,7 @@ class LedgerFile:
 
     @property
     def source(self) -> SourceFile:
-        return SourceFile(
-            uri=self.source_uri,
-            etag=self.etag,
-            key=self.landing_key,
-            landed_at=self.landed_at,
-            size=self.size_bytes,
-            tenant_id=self.tenant_id,
-        )
+        return SourceFile.of(self.landed, self.tenant_id)
 
     @property
     def landed(self) -> LandedObject:

@@ -928,9 +928,15 @@ class NdjsonFileCheck:
             if len(non_blank):
                 self.first_text = non_blank[0].as_py()[:1]
 
+    @staticmethod
+    def may_refuse(objects: int, total: int) -> bool:
+        """Whether a file of `total` records, `objects` of them JSON objects, can get a verdict
+        on the whole file: only when fewer than half are objects."""
+        return objects * 2 < total
+
     def verdict(self) -> str | None:
         """The reason the whole file is refused, or None (then per-line reasons say it best)."""
-        if self.objects * 2 >= self.total:
+        if not self.may_refuse(self.objects, self.total):
             return None
         if self.total and self.nul_only == self.total:
             return (

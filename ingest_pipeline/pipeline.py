@@ -75,17 +75,6 @@ class RetryPolicy:
         return timedelta(seconds=min(seconds, self.max_delay_seconds))
 
 
-def source_of(obj: LandedObject, tenant_id: str) -> SourceFile:
-    return SourceFile(
-        uri=obj.uri,
-        etag=obj.etag,
-        key=obj.key,
-        landed_at=obj.last_modified,
-        size=obj.size,
-        tenant_id=tenant_id,
-    )
-
-
 def bronze_key(feed: FeedSpec, source: SourceFile) -> str:
     return f"bronze/{feed.name}/landing_date={source.landing_date}/{source.file_id}.parquet"
 
@@ -365,7 +354,7 @@ def ingest_to_bronze(
     outcome = BronzeOutcome()
     by_source = {}
     for obj in objects:
-        by_source[source_of(obj, tenant_id)] = obj
+        by_source[SourceFile.of(obj, tenant_id)] = obj
     with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
         to_do, done = ledger.claim(
             con, list(by_source), feed.name, run_id=run_id, force=force, at=now()

@@ -130,6 +130,27 @@ def test_a_pass_of_small_files_gives_what_each_file_alone_gives(
         )
 
 
+def test_each_file_of_a_pass_has_its_own_budget_of_described_json_errors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Invalid JSON positions are worked out for the first DESCRIBE_JSON_ERRORS lines of each
+    file: a file in a pass after others full of broken lines gets them as if read alone."""
+    monkeypatch.setattr(bronze, "DESCRIBE_JSON_ERRORS", 2)
+    broken = "".join(f'{{"event_text": "x{i}", \n' for i in range(3))
+    # more good lines than broken ones: no whole-file verdict, so the files stay in the pass
+    good = "".join(GOOD % (1_767_225_600 + i, i) + "\n" for i in range(4))
+    body = (broken + good).encode()
+    files = [(f"f{i}.jsonl", body) for i in range(3)]
+    inputs = _sources(tmp_path, files)
+    together = process_pass(inputs, TRACK, tmp_path / "together")
+    for (path, source), report in zip(inputs, together, strict=True):
+        alone = process_file(path, source, TRACK, tmp_path / "alone" / source.file_id)
+        assert report.rejects.to_pylist() == alone.rejects.to_pylist()
+        reasons = report.rejects["reason"].to_pylist()
+        assert [r.startswith("invalid JSON at column") for r in reasons] == [True, True, False]
+    assert {r.bronze_path for r in together} == {together[0].bronze_path}  # read together
+
+
 def test_the_pass_reads_its_files_in_one_query_and_writes_one_bronze_file(tmp_path: Path) -> None:
     files = [(f"f{i}.jsonl", (GOOD % (1_767_225_600 + i, i) + "\n").encode()) for i in range(30)]
     reports = process_pass(_sources(tmp_path, files), TRACK, tmp_path / "out")

@@ -22,6 +22,7 @@ import dagster as dg
 import pytest
 
 from ingest_pipeline import ledger, pipeline, warehouse
+from ingest_pipeline.bronze import SourceFile
 from ingest_pipeline.definitions import RESOURCES, defs
 from ingest_pipeline.defs.ingestion.assets import all_feed_assets, feed_checks
 from ingest_pipeline.feeds import FEEDS
@@ -515,7 +516,7 @@ def test_files_of_a_failed_run_are_taken_again(local_env, monkeypatch) -> None:
 
 def test_a_run_that_died_while_reading_has_its_pass_read_again_file_by_file(local_env) -> None:
     objects = [local_env["landing"].put(f"track/{t}.jsonl", track_file(t)) for t in "abc"]
-    sources = [pipeline.source_of(o, "default") for o in objects]
+    sources = [SourceFile.of(o, "default") for o in objects]
     with warehouse.connect(local_env["wh"]) as con, warehouse.transaction(con):
         ledger.claim(con, sources, "track", run_id="dead-run", force=False, at=pipeline.now())
         ledger.mark_parsing(con, sources, run_id="dead-run", at=pipeline.now())
@@ -557,7 +558,7 @@ def test_stuck_and_failed_files_show_in_the_asset_check_and_the_status_command(
 ) -> None:
     objects = [local_env["landing"].put(f"track/{t}.jsonl", track_file(t)) for t in "ab"]
     objects.append(local_env["landing"].put("track/c.txt", b"not a feed file"))
-    sources = [pipeline.source_of(o, "default") for o in objects]
+    sources = [SourceFile.of(o, "default") for o in objects]
     long_ago = pipeline.now() - timedelta(hours=2)
     with warehouse.connect(local_env["wh"]) as con, warehouse.transaction(con):
         ledger.queue(con, sources[:1], "track", at=long_ago, request_key="old-request")
