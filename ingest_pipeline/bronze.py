@@ -62,6 +62,7 @@ from ingest_pipeline.validation import (
     rule_failures_sql,
     typed_column,
     typed_sql,
+    validation_columns,
     validation_columns_sql,
 )
 
@@ -268,7 +269,8 @@ def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:
                 f"CASE WHEN {seconds} >= 0 AND {seconds} < {MAX_UNIX_SECONDS} "
                 f"THEN to_timestamp({seconds}) END AS {ident(_timestamp_column(f))}"
             )
-    select.append(ident(feed.extras_column))
+    if feed.extras_column not in validation_columns(feed):
+        select.append(ident(feed.extras_column))
     records = f"SELECT {', '.join(select)} FROM ({records_sql})"
     outer = [
         "r.*",

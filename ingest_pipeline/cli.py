@@ -46,7 +46,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     settings = get_settings()
     landing = landing_from_url(settings.landing_url)
     lake = landing_from_url(settings.lake_url)
-    feeds = [FEEDS[args.feed]] if args.feed else list(FEEDS.values())
+    config = load_config(settings.config_path)
+    feeds = [config.feed(args.feed)] if args.feed else [config.feed(n) for n in FEEDS]
     failed = 0
     for feed in feeds:
         objects = list(landing.list(feed.landing_prefix))
@@ -59,12 +60,17 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
             tenant_id=settings.tenant,
             run_id=f"cli-{uuid.uuid4().hex[:12]}",
             force=args.force,
-            policy=load_config(settings.config_path).policy(feed.name),
+            policy=config.policy(feed.name),
             retry=pipeline.RetryPolicy(
                 max_attempts=settings.max_attempts, delay_seconds=settings.retry_delay_seconds
             ),
         )
-        merged = pipeline.merge_pending(feed, lake=lake, warehouse_path=settings.warehouse_path)
+        merged = pipeline.merge_pending(
+            feed,
+            lake=lake,
+            warehouse_path=settings.warehouse_path,
+            max_cluster_size=config.identity.max_cluster_size,
+        )
         for r in outcome.reports:
             status = r.status if r.status in ("failed", "skipped") else "ingested"
             print(
@@ -89,12 +95,13 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
 
 
 def _feed_for(location: str, name: str | None) -> FeedSpec:
+    config = load_config(get_settings().config_path)
     if name:
-        return FEEDS[name]
+        return config.feed(name)
     parts = location.replace("\\", "/").split("/")
     for part in reversed(parts[:-1]):
         if part in FEEDS:
-            return FEEDS[part]
+            return config.feed(part)
     raise SystemExit(
         f"cannot tell the feed of {location!r} from its path: pass --feed "
         f"({', '.join(sorted(FEEDS))})"

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if TYPE_CHECKING:
+    from ingest_pipeline.feeds import FeedSpec
 
 
 class ConfigError(ValueError):
@@ -255,14 +258,31 @@ class ImportConfig(_Strict):
         return self
 
 
+class IdentityConfig(_Strict):
+    """The identity graph (SPEC section 3.2): which identities stand for nobody, and how many
+    identities one person may have before an alias joining more is refused."""
+
+    # None: feeds.DEFAULT_PLACEHOLDER_IDENTITIES. Compared trimmed and case-folded.
+    placeholders: list[str] | None = None
+    max_cluster_size: int = Field(default=500, ge=2)
+
+
 class IngestConfig(_Strict):
     tenants: dict[str, TenantConfig] = {}
     feeds: dict[str, FeedPolicy] = {}
     flows: list[FlowConfig] = []
     imports: list[ImportConfig] = []
+    identity: IdentityConfig = IdentityConfig()
 
     def policy(self, feed: str) -> FeedPolicy:
         return self.feeds.get(feed, FeedPolicy())
+
+    def feed(self, name: str) -> FeedSpec:
+        """The feed's declaration as this configuration sets it (placeholder identities)."""
+        from ingest_pipeline.feeds import FEEDS, configured
+
+        placeholders = self.identity.placeholders
+        return configured(FEEDS[name], tuple(placeholders) if placeholders is not None else None)
 
     def flow(self, flow_id: int) -> FlowConfig:
         for flow in self.flows:

@@ -6,10 +6,27 @@ means adding a `FeedSpec`, not copying another feed's code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
-FieldKind = Literal["string", "email", "unix_seconds", "timestamp", "boolean", "number"]
+FieldKind = Literal["string", "email", "unix_seconds", "timestamp", "boolean", "number", "identity"]
+
+# Identities that stand for nobody in particular: merging people on them would fuse strangers.
+# Compared trimmed and case-folded; `ingest.yaml` `identity.placeholders` replaces the list.
+DEFAULT_PLACEHOLDER_IDENTITIES = (
+    "",
+    "null",
+    "undefined",
+    "none",
+    "nil",
+    "anonymous",
+    "guest",
+    "n/a",
+    "0",
+    "-1",
+    "[object object]",
+)
+MAX_IDENTITY_CHARS = 255
 
 
 @dataclass(frozen=True)
@@ -17,6 +34,16 @@ class FieldSpec:
     name: str
     kind: FieldKind = "string"
     required: bool = True
+
+
+@dataclass(frozen=True)
+class RecordRule:
+    """A rule over a whole record (several fields, or its extras), in SQL over the validation
+    columns and the extras column: `passes` true for the records that pass."""
+
+    name: str
+    passes: str
+    reason: str  # plain text
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,11 @@ class TargetSpec:
       - "attributes": per attribute, the most recently landed non-null value wins (later lines
         of the same file are newer).
     columns: warehouse column -> expression over the bronze row (SQL).
+    where: which bronze rows the target takes (SQL predicate); None: every row.
+    record_time: SQL over the bronze row giving the time the record says it happened: the
+      winner is then the newest record time, landing order breaking ties. Stored as the
+      `recorded_at` column (row mode) or attribute_values.recorded_at; None: landing order only.
+    graph_edges: the target's rows (alias_key, contact_key) are edges of the identity graph.
     """
 
     table: str
@@ -42,11 +74,15 @@ class TargetSpec:
     # "attributes" mode: attributes also kept in a column of their own (newest value, like the
     # rest), e.g. an account's `domain`; they stay in the attributes JSON too.
     promoted: tuple[str, ...] = ()
+    where: str | None = None
+    record_time: str | None = None
+    graph_edges: bool = False
 
     def written_columns(self) -> tuple[str, ...]:
         """The warehouse columns a merge of this target writes (the DDL must have them)."""
         if self.mode == "row":
-            return (*self.columns, "etag", "key_hash_hi", "key_hash_lo")
+            timed = ("recorded_at",) if self.record_time else ()
+            return (*self.columns, *timed, "etag", "key_hash_hi", "key_hash_lo")
         return (*self.columns, *self.promoted, "attributes", "first_seen_at", "updated_at")
 
 
@@ -60,6 +96,12 @@ class FeedSpec:
     description: str = ""
     # Key used to count duplicates inside one file (first occurrence kept); None: no row dedupe.
     dedupe_key: tuple[str, ...] | None = None
+    # Rules over whole records, checked after the field rules.
+    record_rules: tuple[RecordRule, ...] = ()
+    # Bronze columns holding a person's identity (contact key): each one seen gets its row in
+    # `identities`, a cluster of one until an alias joins it to others.
+    identity_columns: tuple[str, ...] = ()
+    placeholder_identities: tuple[str, ...] = DEFAULT_PLACEHOLDER_IDENTITIES
 
     @property
     def field_names(self) -> list[str]:
@@ -87,6 +129,7 @@ TRACK = FeedSpec(
     ),
     extras_column="properties",
     dedupe_key=("contact_key", "event_text", "event_timestamp"),
+    identity_columns=("contact_key",),
     targets=(
         TargetSpec(
             table="events",
@@ -105,6 +148,7 @@ IDENTIFY = FeedSpec(
     description="Who a person is: contact key, email and attributes.",
     fields=(FieldSpec("contact_key"), FieldSpec("email", "email")),
     extras_column="attributes",
+    identity_columns=("contact_key",),
     targets=(
         TargetSpec(
             table="contacts",
@@ -122,6 +166,7 @@ GROUP = FeedSpec(
     description="Which account a person belongs to; extra keys are account attributes.",
     fields=(FieldSpec("contact_key"), FieldSpec("account_key")),
     extras_column="attributes",
+    identity_columns=("contact_key",),
     targets=(
         # A person belongs to one account: the most recent one (later line, newer file).
         TargetSpec(
@@ -173,8 +218,90 @@ CRM = FeedSpec(
     ),
 )
 
+# Kissmetrics-style event logs (SPEC section 3.2): one line is an event (`_n`), an alias (`_p2`),
+# both, or person properties set at `_t` (neither). Same tables as the flat files: an event here
+# and the same event in a track file are one row.
+_HAS_EVENT = "_n IS NOT NULL"
+_HAS_ALIAS = "_p2 IS NOT NULL"
+KISSMETRICS = FeedSpec(
+    name="kissmetrics",
+    landing_prefix="kissmetrics/",
+    description="Kissmetrics-style event logs: events (_n), aliases (_p2) and person properties.",
+    fields=(
+        FieldSpec("_p", "identity"),
+        FieldSpec("_t", "unix_seconds"),
+        FieldSpec("_n", required=False),
+        FieldSpec("_p2", "identity", required=False),
+    ),
+    extras_column="properties",
+    record_rules=(
+        RecordRule(
+            "needs_n_p2_or_property",
+            f"{_HAS_EVENT} OR {_HAS_ALIAS} OR coalesce(properties::VARCHAR, '{{}}') <> '{{}}'",
+            "needs `_n`, `_p2` or a property: a line with only `_p` and `_t` says nothing",
+        ),
+    ),
+    identity_columns=("_p", "_p2"),
+    targets=(
+        TargetSpec(
+            table="events",
+            key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
+            mode="row",
+            within_file="first",
+            prune_column="event_timestamp",
+            where=_HAS_EVENT,
+            columns={
+                "tenant_id": "tenant_id",
+                "contact_key": "_p",
+                "event_text": "_n",
+                "event_timestamp": "_t",
+                "properties": "properties",
+                "source_uri": "source_uri",
+                "line_number": "line_number",
+                "landed_at": "landed_at",
+            },
+        ),
+        # An alias names one person: its newest `_t` wins (SPEC section 6 keys it by alias).
+        TargetSpec(
+            table="aliases",
+            key=("tenant_id", "alias_key"),
+            mode="row",
+            within_file="last",
+            where=_HAS_ALIAS,
+            record_time="_t",
+            graph_edges=True,
+            columns={
+                "tenant_id": "tenant_id",
+                "alias_key": "_p2",
+                "contact_key": "_p",
+                "source_uri": "source_uri",
+                "line_number": "line_number",
+                "landed_at": "landed_at",
+            },
+        ),
+        # Person properties set at `_t`: per property the newest `_t` wins, whatever the order
+        # in which files land (a late old file does not overwrite newer values).
+        TargetSpec(
+            table="contacts",
+            key=("tenant_id", "contact_key"),
+            mode="attributes",
+            attributes_from="properties",
+            where=f"NOT ({_HAS_EVENT}) AND NOT ({_HAS_ALIAS})",
+            record_time="_t",
+            columns={"tenant_id": "tenant_id", "contact_key": "_p"},
+        ),
+    ),
+)
+
 FLAT_FILE_FEEDS: dict[str, FeedSpec] = {f.name: f for f in (IDENTIFY, TRACK, GROUP, CRM)}
-FEEDS: dict[str, FeedSpec] = dict(FLAT_FILE_FEEDS)
+FEEDS: dict[str, FeedSpec] = {**FLAT_FILE_FEEDS, KISSMETRICS.name: KISSMETRICS}
+
+
+def configured(feed: FeedSpec, placeholders: tuple[str, ...] | None) -> FeedSpec:
+    """The feed as `ingest.yaml` configures it (its placeholder identities)."""
+    if placeholders is None:
+        return feed
+    return replace(feed, placeholder_identities=tuple(p.strip().lower() for p in placeholders))
 
 
 def feed_for_key(key: str) -> FeedSpec | None:

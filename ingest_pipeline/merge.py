@@ -24,6 +24,11 @@ import duckdb
 
 from ingest_pipeline.arrow import pa
 from ingest_pipeline.feeds import FeedSpec, TargetSpec
+from ingest_pipeline.identity.resolve import (
+    DEFAULT_MAX_CLUSTER_SIZE,
+    IdentityUpdate,
+    update_identities,
+)
 from ingest_pipeline.parsing import ident, sql_str
 
 
@@ -65,18 +70,27 @@ def split_hash_sql(hashed: str) -> tuple[str, str]:
 
 def _rank_order(target: TargetSpec) -> str:
     line_order = "ASC" if target.within_file == "first" else "DESC"
-    return f"landed_at DESC, source_uri DESC, coalesce(etag, '') DESC, line_number {line_order}"
+    timed = "recorded_at DESC, " if target.record_time else ""
+    return (
+        f"{timed}landed_at DESC, source_uri DESC, coalesce(etag, '') DESC, line_number {line_order}"
+    )
 
 
 def _outranks(target: TargetSpec, new: str, old: str) -> str:
     """SQL: the row `new` ranks at least as high as the stored row `old` (equal = idempotent)."""
     line_cmp = "<=" if target.within_file == "first" else ">="
     new_etag, old_etag = f"coalesce({new}.etag, '')", f"coalesce({old}.etag, '')"
-    return (
+    landing = (
         f"({new}.landed_at > {old}.landed_at OR ({new}.landed_at = {old}.landed_at AND "
         f"({new}.source_uri > {old}.source_uri OR ({new}.source_uri = {old}.source_uri AND "
         f"({new_etag} > {old_etag} OR ({new_etag} = {old_etag} AND "
         f"{new}.line_number {line_cmp} {old}.line_number))))))"
+    )
+    if not target.record_time:
+        return landing
+    return (
+        f"({new}.recorded_at > {old}.recorded_at OR "
+        f"({new}.recorded_at = {old}.recorded_at AND {landing}))"
     )
 
 
@@ -84,8 +98,9 @@ def _types(con: duckdb.DuckDBPyConnection, relation: str) -> dict[str, str]:
     return {r[0]: r[1] for r in con.execute(f"DESCRIBE {relation}").fetchall()}
 
 
-def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tuple[str, str], int]:
-    """Fold the batch into a row table; returns rows loaded per file (source_uri, etag).
+def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec, batch: str) -> None:
+    """Fold the target's rows of the batch (relation `batch`) into a row table; the rows not
+    applied (duplicates) are left in the temp table `merge_skip`.
 
     Row tables carry no PRIMARY KEY: maintaining an ART index row by row made a 1M-row merge
     several times slower than the rest of the pipeline and its memory unbounded. Keys stay
@@ -99,10 +114,13 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
     table = ident(target.table)
     cols = [*target.columns, "etag", *KEY_HASH]
     select = ", ".join(f"{expr} AS {ident(col)}" for col, expr in target.columns.items())
+    if target.record_time:
+        cols.append("recorded_at")
+        select += f", {target.record_time} AS recorded_at"
     if "updated_at" in _table_columns(con, target.table) and "updated_at" not in cols:
         cols.append("updated_at")
         select += ", landed_at AS updated_at"
-    batch_types = _types(con, "batch")
+    batch_types = _types(con, batch)
     written = key_hash_columns(target)
     if all(c in batch_types for c in written):  # by the bronze step
         hi, lo = (ident(c) for c in written)
@@ -114,14 +132,14 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
     key_cols = [*KEY_HASH, *(ident(k) for k in target.key)]
     key = ", ".join(key_cols)
     same_key = " AND ".join(f"t.{c} = w.{c}" for c in key_cols)
-    batch_keyed = f"(SELECT {select}, etag, {hi} AS key_hash_hi, {lo} AS key_hash_lo FROM batch)"
+    batch_keyed = f"(SELECT {select}, etag, {hi} AS key_hash_hi, {lo} AS key_hash_lo FROM {batch})"
     prune = ""
     if target.prune_column:
         # Stored rows outside the batch's range of this column cannot match: DuckDB's min/max
         # zone maps skip their row groups, so the merge reads what the batch can touch.
         low, high = con.execute(
             f"SELECT min({target.columns[target.prune_column]}), "
-            f"max({target.columns[target.prune_column]}) FROM batch"
+            f"max({target.columns[target.prune_column]}) FROM {batch}"
         ).fetchall()[0]
         if low is not None:
             col = f"t.{ident(target.prune_column)}"
@@ -159,18 +177,7 @@ def _merge_rows(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> dict[tupl
         con.execute(f"DELETE FROM {table} t USING {applied} w WHERE {same_key}{prune}")
     col_list = ", ".join(ident(c) for c in cols)
     con.execute(f"INSERT INTO {table} ({col_list}) SELECT {col_list} FROM {applied}")
-    # rows loaded per file: the file's rows in the batch, less those not applied
-    counts = con.execute(
-        """
-        SELECT source_uri, etag, count(*) - coalesce(any_value(skipped), 0)
-        FROM batch LEFT JOIN (
-            SELECT source_uri, etag, count(*) AS skipped FROM merge_skip GROUP BY ALL
-        ) USING (source_uri, etag)
-        GROUP BY ALL
-        """
-    ).fetchall()
-    con.execute("DROP TABLE merge_skip; DROP TABLE merge_stored")
-    return {(uri, etag): n for uri, etag, n in counts}
+    con.execute("DROP TABLE merge_stored")
 
 
 def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
@@ -182,28 +189,55 @@ def _table_columns(con: duckdb.DuckDBPyConnection, table: str) -> set[str]:
     }
 
 
-# Per attribute the newest landed value wins; within a file the later line (the ranking of row
-# tables whose within-file winner is the last line).
+# Per attribute the newest value wins: the newest record time (the landing time for feeds that
+# give none), then the newest landed; within a file the later line (the ranking of row tables
+# whose within-file winner is the last line).
 attr_target = TargetSpec(
-    table="attribute_values", key=(), mode="row", columns={}, within_file="last"
+    table="attribute_values",
+    key=(),
+    mode="row",
+    columns={},
+    within_file="last",
+    record_time="recorded_at",
 )
+ATTRIBUTE_ORDER = _rank_order(attr_target)
 
 
-def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> None:
+def entity_columns(table: str) -> tuple[list[str], list[str]]:
+    """The columns of an attribute table (contacts, accounts) kept beside the attributes JSON,
+    over every feed writing it: declared (email) and promoted (domain). The entity row is a
+    function of its attribute values, so every feed rebuilds it the same way."""
+    from ingest_pipeline.feeds import FEEDS
+
+    declared: list[str] = []
+    promoted: list[str] = []
+    for feed in FEEDS.values():
+        for t in feed.targets:
+            if t.mode == "attributes" and t.table == table:
+                declared += [c for c in t.columns if c not in t.key and c not in declared]
+                promoted += [c for c in t.promoted if c not in promoted]
+    return declared, promoted
+
+
+def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec, batch: str) -> None:
     entity = target.table
     key_col = target.key[-1]
+    key_expr = target.columns[key_col]
+    recorded = target.record_time or "landed_at"
     scalar_cols = [c for c in target.columns if c not in target.key]
     # Declared columns (email) are attributes too, so they follow the same newest-wins rule.
     declared = " UNION ALL ".join(
-        f"SELECT tenant_id, {ident(key_col)} AS entity_key, {sql_str(c)} AS attribute, "
-        f"to_json({target.columns[c]}) AS value, landed_at, source_uri, etag, line_number "
-        f"FROM batch WHERE {target.columns[c]} IS NOT NULL"
+        f"SELECT tenant_id, {key_expr} AS entity_key, {sql_str(c)} AS attribute, "
+        f"to_json({target.columns[c]}) AS value, {recorded} AS recorded_at, landed_at, "
+        f"source_uri, etag, line_number "
+        f"FROM {batch} WHERE {target.columns[c]} IS NOT NULL"
         for c in scalar_cols
     )
     extras = (
-        f"SELECT b.tenant_id, b.{ident(key_col)} AS entity_key, j.key AS attribute, "
-        f"j.value::JSON AS value, b.landed_at, b.source_uri, b.etag, b.line_number "
-        f"FROM batch b, json_each(b.{ident(target.attributes_from)}) j WHERE j.type <> 'NULL'"
+        f"SELECT b.tenant_id, b.{key_expr} AS entity_key, j.key AS attribute, "
+        f"j.value::JSON AS value, b.{recorded} AS recorded_at, b.landed_at, b.source_uri, "
+        f"b.etag, b.line_number "
+        f"FROM {batch} b, json_each(b.{ident(target.attributes_from)}) j WHERE j.type <> 'NULL'"
     )
     values_sql = f"{declared} UNION ALL {extras}" if declared else extras
     con.execute(
@@ -211,38 +245,33 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
         CREATE OR REPLACE TEMP TABLE batch_values AS
         SELECT * FROM ({values_sql})
         QUALIFY row_number() OVER (
-            PARTITION BY tenant_id, entity_key, attribute ORDER BY {_rank_order(attr_target)}) = 1
+            PARTITION BY tenant_id, entity_key, attribute ORDER BY {ATTRIBUTE_ORDER}) = 1
         """
     )
     con.execute(
         f"""
         INSERT INTO attribute_values (tenant_id, entity, entity_key, attribute, value, landed_at,
-                                      source_uri, line_number, etag)
+                                      source_uri, line_number, etag, recorded_at)
         SELECT tenant_id, {sql_str(entity)}, entity_key, attribute, value, landed_at, source_uri,
-               line_number, etag
+               line_number, etag, recorded_at
         FROM batch_values
         ON CONFLICT (tenant_id, entity, entity_key, attribute) DO UPDATE SET
             value = excluded.value, landed_at = excluded.landed_at,
             source_uri = excluded.source_uri, line_number = excluded.line_number,
-            etag = excluded.etag
+            etag = excluded.etag, recorded_at = excluded.recorded_at
         WHERE {_outranks(attr_target, "excluded", "attribute_values")}
         """
     )
     # Rebuild the entity row of every key in the batch (with or without attributes) from its
     # current values; first/last seen come from all the batch's rows, not only the winning values,
     # so one batch gives what one merge per file gives.
-    scalar_select = ", ".join(
+    declared_cols, promoted_cols = entity_columns(entity)
+    value_cols = [*declared_cols, *sorted(promoted_cols)]
+    selects = ", ".join(
         f"any_value(value ->> '$') FILTER (WHERE attribute = {sql_str(c)}) AS {ident(c)}"
-        for c in scalar_cols
+        for c in value_cols
     )
-    extra_cols = set(target.promoted)
-    other_select = ", ".join(
-        f"any_value(value ->> '$') FILTER (WHERE attribute = {sql_str(c)}) AS {ident(c)}"
-        for c in sorted(extra_cols)
-    )
-    excluded_attrs = ", ".join(sql_str(c) for c in scalar_cols) or "''"
-    value_cols = [*scalar_cols, *sorted(extra_cols)]
-    selects = ", ".join(s for s in (scalar_select, other_select) if s)
+    excluded_attrs = ", ".join(sql_str(c) for c in declared_cols) or "''"
     con.execute(
         f"""
         INSERT INTO {ident(entity)} (tenant_id, {ident(key_col)}, {", ".join(ident(c) for c in value_cols) + ", " if value_cols else ""}
@@ -253,9 +282,9 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
                    FILTER (WHERE attribute NOT IN ({excluded_attrs})))), '{{}}')::JSON,
                any_value(touched.first_seen_at), any_value(touched.last_seen_at)
         FROM (
-            SELECT tenant_id, {ident(key_col)} AS entity_key, min(landed_at) AS first_seen_at,
+            SELECT tenant_id, {key_expr} AS entity_key, min(landed_at) AS first_seen_at,
                    max(landed_at) AS last_seen_at
-            FROM batch GROUP BY ALL
+            FROM {batch} GROUP BY ALL
         ) touched
         LEFT JOIN attribute_values v
           ON v.entity = {sql_str(entity)} AND v.tenant_id = touched.tenant_id
@@ -270,16 +299,74 @@ def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> Non
     )
 
 
-def merge_bronze(
-    con: duckdb.DuckDBPyConnection, feed: FeedSpec, files: Sequence[BronzeFile]
-) -> dict[tuple[str, str], int]:
-    """Merge the bronze Parquet of `files` into the feed's tables.
+@dataclass
+class MergeResult:
+    """What merging a batch did: rows loaded per file (source_uri, etag) and, when the batch
+    touched the identity graph, what happened to it."""
 
-    Runs inside the caller's transaction. Returns, for feeds with row-level dedupe, the rows each
-    file (source_uri, etag) contributed; other feeds load every valid row.
+    loaded: dict[tuple[str, str], int]
+    identity: IdentityUpdate | None = None
+
+
+def _target_batch(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> str:
+    """The relation of the batch rows `target` takes."""
+    if target.where is None:
+        return "batch"
+    con.execute(
+        f"CREATE OR REPLACE TEMP VIEW target_batch AS SELECT * FROM batch WHERE {target.where}"
+    )
+    return "target_batch"
+
+
+def _loaded_per_file(
+    con: duckdb.DuckDBPyConnection, feed: FeedSpec, skipping: list[int]
+) -> dict[tuple[str, str], int]:
+    """Rows loaded per file: each batch row counts once, loaded when at least one target it is
+    routed to applied it, a duplicate when every such target skipped it (`lines_skipped`; only
+    row targets skip rows). A row no target takes is loaded (it is kept in the bronze)."""
+    totals = con.execute("SELECT source_uri, etag, count(*) FROM batch GROUP BY ALL").fetchall()
+    loaded = {(uri, etag): n for uri, etag, n in totals}
+    if not skipping:
+        return loaded
+    if len(feed.targets) == 1:
+        duplicates = con.execute(
+            "SELECT source_uri, etag, count(*) FROM lines_skipped GROUP BY ALL"
+        ).fetchall()
+    else:
+        routed = ", ".join(
+            f"CASE WHEN {t.where or 'true'} THEN {i} END" for i, t in enumerate(feed.targets)
+        )
+        duplicates = con.execute(
+            f"""
+            SELECT b.source_uri, b.etag, count(*)
+            FROM batch b JOIN (
+                SELECT source_uri, etag, line_number, list(target_index) AS skipped_in
+                FROM lines_skipped GROUP BY ALL
+            ) s ON b.source_uri = s.source_uri AND b.etag = s.etag
+               AND b.line_number = s.line_number
+            WHERE list_has_all(s.skipped_in, list_filter([{routed}], x -> x IS NOT NULL))
+            GROUP BY ALL
+            """
+        ).fetchall()
+    for uri, etag, n in duplicates:
+        loaded[uri, etag] -= n
+    return loaded
+
+
+def merge_bronze(
+    con: duckdb.DuckDBPyConnection,
+    feed: FeedSpec,
+    files: Sequence[BronzeFile],
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
+) -> MergeResult:
+    """Merge the bronze Parquet of `files` into the feed's tables, each target taking the rows
+    its `where` routes to it, then bring the identity graph up to date.
+
+    Runs inside the caller's transaction. Returns the rows each file (source_uri, etag) loaded:
+    its rows in the batch less those every target they were routed to skipped as duplicates.
     """
     if not files:
-        return {}
+        return MergeResult({})
     distinct = sorted({str(f.parquet_path) for f in files})
     paths = "[" + ", ".join(sql_str(p) for p in distinct) + "]"
     # A view, not a copy: each target reads only the Parquet columns it needs. A bronze file may
@@ -304,14 +391,47 @@ def merge_bronze(
             ON b.filename = f.bronze_path AND b.source_uri = f.source_uri AND b.etag = f.etag
         """
     )
-    loaded_by_file: dict[tuple[str, str], int] = {}
+    con.execute(
+        "CREATE OR REPLACE TEMP TABLE lines_skipped (target_index INTEGER, source_uri VARCHAR, "
+        "etag VARCHAR, line_number BIGINT)"
+    )
+    skipping: list[int] = []
+    edges: list[tuple[TargetSpec, str]] = []
     for i, target in enumerate(feed.targets):
+        rows = _target_batch(con, target)
         if target.mode == "row":
-            loaded = _merge_rows(con, target)
-            if i == 0:
-                loaded_by_file = loaded
+            _merge_rows(con, target, rows)
+            con.execute(f"INSERT INTO lines_skipped SELECT {i}, * FROM merge_skip")
+            if con.execute("SELECT count(*) FROM merge_skip").fetchall()[0][0]:
+                skipping.append(i)
+            con.execute("DROP TABLE merge_skip")
         else:
-            _merge_attributes(con, target)
-    con.execute("DROP VIEW IF EXISTS batch; DROP TABLE IF EXISTS batch_values")
+            _merge_attributes(con, target, rows)
+        if target.graph_edges:
+            con.execute(
+                f"CREATE OR REPLACE TEMP TABLE batch_edges_{i} AS SELECT DISTINCT tenant_id, "
+                f"{target.columns['alias_key']} AS alias_key, "
+                f"{target.columns['contact_key']} AS contact_key FROM {rows}"
+            )
+            edges.append((target, f"batch_edges_{i}"))
+    loaded = _loaded_per_file(con, feed, skipping)
+    identity = None
+    if feed.identity_columns:
+        seen = " UNION ".join(
+            f"SELECT tenant_id, {c} AS contact_key FROM batch WHERE {c} IS NOT NULL"
+            for c in feed.identity_columns
+        )
+        touched = " UNION ".join(
+            f"SELECT tenant_id, alias_key AS contact_key FROM {t} UNION "
+            f"SELECT tenant_id, contact_key FROM {t}"
+            for _, t in edges
+        )
+        identity = update_identities(con, seen, touched or None, max_cluster_size)
+    for _, t in edges:
+        con.execute(f"DROP TABLE {t}")
+    con.execute(
+        "DROP VIEW IF EXISTS target_batch; DROP VIEW IF EXISTS batch; "
+        "DROP TABLE IF EXISTS batch_values; DROP TABLE lines_skipped"
+    )
     con.unregister("batch_files")
-    return loaded_by_file
+    return MergeResult(loaded, identity)

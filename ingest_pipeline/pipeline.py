@@ -43,6 +43,7 @@ from ingest_pipeline.bronze import (
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.failures import FileFailure, classify, kind_of
 from ingest_pipeline.feeds import FeedSpec
+from ingest_pipeline.identity.resolve import DEFAULT_MAX_CLUSTER_SIZE, IdentityUpdate
 from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, LocalLanding
 from ingest_pipeline.merge import BronzeFile, merge_bronze
 
@@ -427,6 +428,21 @@ class MergeOutcome:
     # bronze file is missing.
     failed: dict[str, str] = field(default_factory=dict)
     reread: dict[str, str] = field(default_factory=dict)
+    # What the merged batches did to the identity graph (feeds naming identities).
+    identity: IdentityUpdate | None = None
+
+    def add_identity(self, update: IdentityUpdate | None) -> None:
+        if update is None:
+            return
+        if self.identity is None:
+            self.identity = IdentityUpdate()
+        total = self.identity
+        total.identities_added += update.identities_added
+        total.clusters_touched += update.clusters_touched
+        total.identities_changed += update.identities_changed
+        total.aliases_applied += update.aliases_applied
+        total.aliases_refused += update.aliases_refused
+        total.refused = (total.refused + update.refused)[:10]
 
 
 def _local_bronze(lake: LandingZone, key: str, tmp_dir: Path) -> Path:
@@ -452,6 +468,7 @@ def _merge_files(
     pending: Sequence[ledger.PendingFile],
     paths: dict[tuple[str, str], Path],
     outcome: MergeOutcome,
+    max_cluster_size: int,
 ) -> None:
     """Merge `pending` in one transaction and flip them to ingested (raises on failure, after
     rolling back)."""
@@ -460,13 +477,10 @@ def _merge_files(
         for p in pending
     ]
     with warehouse.transaction(con):
-        loaded = merge_bronze(con, feed, bronze_files)
-        merged = []
-        for p in pending:
-            valid = p.rows_read - p.rows_rejected
-            # Feeds without row dedupe load every valid row (attributes fold in).
-            merged.append((p, loaded.get((p.source_uri, p.etag), 0) if feed.dedupe_key else valid))
+        result = merge_bronze(con, feed, bronze_files, max_cluster_size)
+        merged = [(p, result.loaded.get((p.source_uri, p.etag), 0)) for p in pending]
         ledger.record_merged_many(con, merged, now())
+    outcome.add_identity(result.identity)
     for p, n in merged:
         outcome.rows_loaded += n
         outcome.rows_duplicate += p.rows_read - p.rows_rejected - n
@@ -474,7 +488,12 @@ def _merge_files(
 
 
 def merge_pending(
-    feed: FeedSpec, *, lake: LandingZone, warehouse_path: str | Path, limit: int | None = None
+    feed: FeedSpec,
+    *,
+    lake: LandingZone,
+    warehouse_path: str | Path,
+    limit: int | None = None,
+    max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
 ) -> MergeOutcome:
     """Step 2: merge every parsed file of `feed` into the warehouse in one transaction.
 
@@ -525,7 +544,7 @@ def merge_pending(
         # DuckDB refusing the rows (a conversion, a constraint) is the files' doing; anything
         # else (a bug, the machine) fails the run and leaves the files `parsed`.
         try:
-            _merge_files(con, feed, present, paths, outcome)
+            _merge_files(con, feed, present, paths, outcome, max_cluster_size)
             return outcome
         except duckdb.Error as exc:
             if _warehouse_trouble(exc):
@@ -533,7 +552,7 @@ def merge_pending(
         # One file that cannot merge must not hold back the others: merge them one by one.
         for p in present:
             try:
-                _merge_files(con, feed, [p], paths, outcome)
+                _merge_files(con, feed, [p], paths, outcome, max_cluster_size)
             except duckdb.Error as exc:
                 if _warehouse_trouble(exc):
                     raise

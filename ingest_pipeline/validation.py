@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ingest_pipeline.feeds import FeedSpec, FieldSpec
+from ingest_pipeline.feeds import MAX_IDENTITY_CHARS, FeedSpec, FieldSpec
 from ingest_pipeline.parsing import ident, sql_str
 
 if TYPE_CHECKING:
@@ -92,8 +92,55 @@ def _says(*parts: str) -> str:
     return " || ".join(sql_str(p) if i % 2 == 0 else p for i, p in enumerate(parts) if p)
 
 
-def _rules_for(field: FieldSpec) -> list[RowRule]:
+def text_column(field: FieldSpec) -> str:
+    """An identity field's text as sent (untrimmed, empty kept): a blank identity is a
+    placeholder, not an absent one."""
+    return f"{field.name}__text"
+
+
+def _identity_rules(field: FieldSpec, placeholders: tuple[str, ...]) -> list[RowRule]:
     name = field.name
+    text, trimmed = ident(text_column(field)), ident(name)
+    rules = []
+    if field.required:
+        rules.append(
+            RowRule(
+                f"{name}:required",
+                f"{text} IS NOT NULL",
+                _says(f"missing required field '{name}' (absent or null)"),
+            )
+        )
+    blocked = ", ".join(sql_str(p) for p in placeholders) or "NULL"
+    rules.append(
+        RowRule(
+            f"{name}:placeholder",
+            f"{text} IS NULL OR lower(trim({text})) NOT IN ({blocked})",
+            _says(
+                f"field '{name}' is a placeholder identity (",
+                _quoted(text),
+                "): it names nobody in particular, and merging people on it would fuse "
+                "strangers; send the person's real identity or leave the line out",
+            ),
+        )
+    )
+    rules.append(
+        RowRule(
+            f"{name}:length",
+            f"{trimmed} IS NULL OR length({trimmed}) <= {MAX_IDENTITY_CHARS}",
+            _says(
+                f"field '{name}' is longer than {MAX_IDENTITY_CHARS} characters (",
+                f"length({trimmed})::VARCHAR",
+                f" characters): an identity is at most {MAX_IDENTITY_CHARS} characters",
+            ),
+        )
+    )
+    return rules
+
+
+def _rules_for(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
+    name = field.name
+    if field.kind == "identity":
+        return _identity_rules(field, feed.placeholder_identities)
     # Field text arrives trimmed, blank as NULL (see validation_columns_sql).
     raw, typed = ident(name), ident(typed_column(field))
     present = f"{raw} IS NOT NULL"
@@ -148,7 +195,16 @@ def _rules_for(field: FieldSpec) -> list[RowRule]:
 
 
 def row_rules(feed: FeedSpec) -> list[RowRule]:
-    return [rule for field in feed.fields for rule in _rules_for(field)]
+    """The field rules in declaration order, then the record rules."""
+    rules = [rule for field in feed.fields for rule in _rules_for(field, feed)]
+    # A record rule speaks only for records whose fields pass: a line whose `_p` is missing
+    # is told that, not also that it says nothing.
+    fields_pass = " AND ".join(f"({r.passes})" for r in rules) or "true"
+    for rule in feed.record_rules:
+        rules.append(
+            RowRule(rule.name, f"NOT ({fields_pass}) OR ({rule.passes})", _says(rule.reason))
+        )
+    return rules
 
 
 def rule_failures_sql(feed: FeedSpec) -> str:
@@ -169,6 +225,10 @@ def _validation_columns(feed: FeedSpec) -> dict[str, str]:
         columns[field.name] = f"nullif(trim({ident(field.name)}), '')"
         if field.kind in TYPE_NAMES:
             columns[typed_column(field)] = typed_sql(field)
+        if field.kind == "identity":
+            columns[text_column(field)] = ident(field.name)
+    if feed.record_rules:  # they may look at the extras
+        columns[feed.extras_column] = ident(feed.extras_column)
     return columns
 
 

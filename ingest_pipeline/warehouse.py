@@ -77,6 +77,9 @@ CREATE TABLE IF NOT EXISTS attribute_values (
     source_uri VARCHAR NOT NULL,
     line_number BIGINT NOT NULL,
     etag VARCHAR,
+    -- the time the record says the value was set (Kissmetrics `_t`), else its landing time:
+    -- what "newest wins" compares first (merge.ATTRIBUTE_ORDER)
+    recorded_at TIMESTAMPTZ,
     PRIMARY KEY (tenant_id, entity, entity_key, attribute)
 );
 CREATE TABLE IF NOT EXISTS contact_accounts (
@@ -98,8 +101,24 @@ CREATE TABLE IF NOT EXISTS aliases (
     contact_key VARCHAR NOT NULL,
     source_uri VARCHAR,
     line_number BIGINT,
-    landed_at TIMESTAMPTZ
-    -- unique on (key columns) by construction of the merge (merge.py), no index
+    landed_at TIMESTAMPTZ,
+    recorded_at TIMESTAMPTZ,   -- the alias's `_t`: its newest wins, and orders the graph
+    etag VARCHAR,
+    key_hash_hi UBIGINT,
+    key_hash_lo UBIGINT,
+    refused_reason VARCHAR     -- NULL: applied to the identity graph (identity/graph.py)
+    -- unique on (tenant_id, alias_key) by construction of the merge (merge.py), no index
+);
+-- The identity graph's result: every identity any feed of the tenant names, its person (a
+-- cluster of identities joined by applied aliases) and its component of all aliases.
+CREATE TABLE IF NOT EXISTS identities (
+    tenant_id VARCHAR NOT NULL,
+    contact_key VARCHAR NOT NULL,
+    person_id VARCHAR NOT NULL,    -- depends only on the cluster's identities
+    graph_id VARCHAR NOT NULL,     -- component of every alias, applied or refused
+    cluster_size INTEGER NOT NULL,
+    updated_at TIMESTAMPTZ,
+    PRIMARY KEY (tenant_id, contact_key)
 );
 CREATE TABLE IF NOT EXISTS crm_leads (
     tenant_id VARCHAR NOT NULL,
@@ -155,6 +174,9 @@ ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS request_key VARCHAR;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS queued_at TIMESTAMPTZ;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS retry_at TIMESTAMPTZ;
 ALTER TABLE attribute_values ADD COLUMN IF NOT EXISTS etag VARCHAR;
+ALTER TABLE attribute_values ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;
+ALTER TABLE aliases ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;
+ALTER TABLE aliases ADD COLUMN IF NOT EXISTS refused_reason VARCHAR;
 CREATE TABLE IF NOT EXISTS warehouse_schema (version INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS rejected_rows (
     source_uri VARCHAR NOT NULL,
@@ -166,13 +188,41 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     reason VARCHAR NOT NULL,
     PRIMARY KEY (source_uri, etag, line_number)
 );
+-- Segment queries and analysts read people through these.
+CREATE OR REPLACE VIEW events_resolved AS
+SELECT e.*, i.person_id
+FROM events e LEFT JOIN identities i
+  ON i.tenant_id = e.tenant_id AND i.contact_key = e.contact_key;
+CREATE OR REPLACE VIEW people AS
+WITH winning AS (
+    SELECT i.tenant_id, i.person_id, v.attribute, v.value
+    FROM identities i JOIN attribute_values v
+      ON v.entity = 'contacts' AND v.tenant_id = i.tenant_id AND v.entity_key = i.contact_key
+    QUALIFY row_number() OVER (
+        PARTITION BY i.tenant_id, i.person_id, v.attribute
+        ORDER BY v.recorded_at DESC, v.landed_at DESC, v.source_uri DESC,
+                 coalesce(v.etag, '') DESC, v.line_number DESC) = 1
+)
+SELECT p.tenant_id, p.person_id, p.identities, p.identity_count,
+       coalesce(a.attributes, '{}'::JSON) AS attributes
+FROM (
+    SELECT tenant_id, person_id, list(contact_key ORDER BY contact_key) AS identities,
+           count(*) AS identity_count
+    FROM identities GROUP BY ALL
+) p
+LEFT JOIN (
+    SELECT tenant_id, person_id,
+           to_json(map_from_entries(list(struct_pack(k := attribute, v := value)
+                                         ORDER BY attribute))) AS attributes
+    FROM winning GROUP BY ALL
+) a USING (tenant_id, person_id);
 """
 
 
 # Raised whenever DDL or the migrations below change: a connection runs them only when the
 # warehouse file says it is older, not on every connect.
-SCHEMA_VERSION = 2
-ROW_TABLES = ("events", "account_events", "contact_accounts", "crm_leads")
+SCHEMA_VERSION = 3
+ROW_TABLES = ("events", "account_events", "contact_accounts", "crm_leads", "aliases")
 
 
 def _migrate(con: duckdb.DuckDBPyConnection) -> None:
@@ -198,6 +248,14 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
         con.execute(
             f"UPDATE {table} SET key_hash_hi = {hi}, key_hash_lo = {lo} WHERE key_hash_hi IS NULL"
         )
+    # v3: attribute values ranked by record time; what landed before has its landing time.
+    con.execute("UPDATE attribute_values SET recorded_at = landed_at WHERE recorded_at IS NULL")
+    con.execute("UPDATE aliases SET recorded_at = landed_at WHERE recorded_at IS NULL")
+    # v3: every identity the tables name gets its row in the identity graph.
+    if not con.execute("SELECT count(*) FROM identities").fetchall()[0][0]:
+        from ingest_pipeline.identity.resolve import rebuild_identities
+
+        rebuild_identities(con)
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:

@@ -192,7 +192,7 @@ class Harness:
         ]
         with warehouse.connect(self.wh_path) as con:
             con.execute("BEGIN TRANSACTION")
-            loaded = merge_bronze(con, feed, files)
+            loaded = merge_bronze(con, feed, files).loaded
             con.execute("COMMIT")
         return loaded
 

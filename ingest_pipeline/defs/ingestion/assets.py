@@ -120,7 +120,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         try:
             outcome = pipeline.ingest_to_bronze(
                 objects,
-                feed,
+                ingest_config().feed(feed.name),
                 landing=ingest.landing(),
                 lake=ingest.lake(),
                 warehouse_path=ingest.warehouse(),
@@ -186,7 +186,10 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
     )
     def merged(context: dg.AssetExecutionContext, ingest: IngestResource) -> dg.MaterializeResult:
         outcome = pipeline.merge_pending(
-            feed, lake=ingest.lake(), warehouse_path=ingest.warehouse()
+            feed,
+            lake=ingest.lake(),
+            warehouse_path=ingest.warehouse(),
+            max_cluster_size=ingest_config().identity.max_cluster_size,
         )
         context.log.info(
             f"merged {len(outcome.files)} file(s): {outcome.rows_loaded} rows loaded, "
@@ -194,8 +197,19 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         )
         for uri, error in {**outcome.failed, **outcome.reread}.items():
             context.log.warning(f"{uri}: {error}")
+        identity: dict[str, dg.MetadataValue] = {}
+        if outcome.identity is not None:
+            identity = {k: dg.MetadataValue.int(v) for k, v in outcome.identity.metadata().items()}
+            if outcome.identity.refused:
+                identity["aliases_refused_sample"] = dg.MetadataValue.md(
+                    "\n".join(
+                        f"- `{r['alias_key']}` -> `{r['contact_key']}`: {r['reason']}"
+                        for r in outcome.identity.refused
+                    )
+                )
         return dg.MaterializeResult(
             metadata={
+                **identity,
                 "files_merged": dg.MetadataValue.int(len(outcome.files)),
                 "files_failed_to_merge": dg.MetadataValue.int(len(outcome.failed)),
                 "files_to_read_again": dg.MetadataValue.int(len(outcome.reread)),
