@@ -5,6 +5,8 @@ ingest-pipeline ingest [--feed F] [--force] ingest every landed file now, withou
 ingest-pipeline validate FILE               counts and first rejects, nothing written
 ingest-pipeline preview FILE                the first records as the pipeline reads them
 ingest-pipeline status [--feed F]           files not final (stuck ones first), failed files
+ingest-pipeline report SOURCE_URI           one file: counts, rejected lines, refused aliases
+ingest-pipeline identities rebuild          the identity graph recomputed from the aliases
 """
 
 from __future__ import annotations
@@ -21,11 +23,13 @@ from pathlib import Path
 
 import duckdb
 
-from ingest_pipeline import pipeline
+from ingest_pipeline import pipeline, warehouse
 from ingest_pipeline.bronze import SourceFile, new_connection, process_file
 from ingest_pipeline.config import load_config
 from ingest_pipeline.feeds import FEEDS, FeedSpec
+from ingest_pipeline.file_report import file_report, render
 from ingest_pipeline.health import ledger_health
+from ingest_pipeline.identity.resolve import rebuild_identities
 from ingest_pipeline.landing import is_s3_url, landing_from_url, split_s3_url
 from ingest_pipeline.parsing import UnsupportedFile, ident, open_records
 from ingest_pipeline.pipeline import now
@@ -236,6 +240,30 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 1 if health.stuck else 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    with warehouse.connect(settings.warehouse_path, read_only=True) as con:
+        view = file_report(con, args.source_uri, limit=args.limit)
+    if view is None:
+        print(f"no file {args.source_uri} in the ledger of {settings.warehouse_path}")
+        return 1
+    print(render(view))
+    return 0
+
+
+def _cmd_identities(args: argparse.Namespace) -> int:
+    settings = get_settings()
+    cap = load_config(settings.config_path).identity.max_cluster_size
+    with warehouse.connect(settings.warehouse_path) as con, warehouse.transaction(con):
+        update = rebuild_identities(con, cap)
+    print(
+        f"identities rebuilt: {update.identities_added} identities in "
+        f"{update.clusters_touched} people; aliases applied {update.aliases_applied}, "
+        f"refused {update.aliases_refused} (cluster-size cap {cap})"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest-pipeline",
@@ -269,6 +297,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--limit", type=int, default=50, help="files listed per section")
     status.set_defaults(func=_cmd_status)
+    report = sub.add_parser(
+        "report", help="one file's report: status, counts, rejected lines, refused aliases"
+    )
+    report.add_argument("source_uri", help="the file's URI as the ledger has it")
+    report.add_argument("--limit", type=int, default=20, help="lines listed per section")
+    report.set_defaults(func=_cmd_report)
+    identities = sub.add_parser("identities", help="the identity graph")
+    identities_sub = identities.add_subparsers(dest="action", required=True)
+    rebuild = identities_sub.add_parser(
+        "rebuild", help="recompute identities from scratch from the aliases table"
+    )
+    rebuild.set_defaults(func=_cmd_identities)
     return parser
 
 

@@ -344,7 +344,7 @@ def _loaded_per_file(
                 FROM lines_skipped GROUP BY ALL
             ) s ON b.source_uri = s.source_uri AND b.etag = s.etag
                AND b.line_number = s.line_number
-            WHERE list_has_all(s.skipped_in, list_filter([{routed}], x -> x IS NOT NULL))
+            WHERE list_has_all(s.skipped_in, list_filter([{routed}], lambda x: x IS NOT NULL))
             GROUP BY ALL
             """
         ).fetchall()

@@ -112,9 +112,10 @@ class Landed:
 class Harness:
     """One warehouse file + lake folder; files are parsed, recorded and merged like production."""
 
-    def __init__(self, root: Path, tenant: str = TENANT) -> None:
+    def __init__(self, root: Path, tenant: str = TENANT, max_cluster_size: int = 500) -> None:
         self.root = root
         self.tenant = tenant
+        self.max_cluster_size = max_cluster_size
         self.wh_path = root / "wh.duckdb"
         self.lake = LocalLanding(root / "lake")
         self._n = 0
@@ -149,7 +150,12 @@ class Harness:
             )
 
     def merge(self, feed: FeedSpec) -> pipeline.MergeOutcome:
-        return pipeline.merge_pending(feed, lake=self.lake, warehouse_path=self.wh_path)
+        return pipeline.merge_pending(
+            feed,
+            lake=self.lake,
+            warehouse_path=self.wh_path,
+            max_cluster_size=self.max_cluster_size,
+        )
 
     def ingest(self, *files: Landed) -> list[FileReport]:
         """Parse, record and merge each file, one merge per file, in the given order."""

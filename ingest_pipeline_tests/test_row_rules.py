@@ -45,6 +45,9 @@ VALUES = [
     "no",
     "12.5",
     "1e400",
+    "null",  # placeholder identities
+    " Anonymous ",
+    "x" * 256,  # an identity longer than 255 characters
 ]
 
 
@@ -92,10 +95,11 @@ def test_pandera_schema_fails_the_rows_the_bronze_pass_quarantines(
     }
 
     # The same records as field texts (every value is a JSON string, so the text is the value),
-    # through the rules' input columns, into the pandera schema.
+    # with their extras (none), through the rules' input columns, into the pandera schema.
     texts = pa.table(
         {"line_number": list(range(1, len(records) + 1))}
         | {n: pa.array([r[n] for r in records], pa.string()) for n in names}
+        | {feed.extras_column: pa.array(["{}"] * len(records), pa.string())}
     )
     con = duckdb.connect()
     con.register("texts", texts)

@@ -44,7 +44,8 @@ class IdentityUpdate:
     identities_changed: int = 0  # identities whose person changed
     aliases_applied: int = 0  # of the batch's aliases
     aliases_refused: int = 0
-    refused: list[dict[str, str]] = field(default_factory=list)  # the first few, for metadata
+    # the batch's first refused aliases (source file:line, keys, reason), for metadata
+    refused: list[dict[str, str]] = field(default_factory=list)
 
     def metadata(self) -> dict[str, int]:
         return {
@@ -198,10 +199,14 @@ def update_identities(
     ).fetchall()[0]
     update.aliases_applied, update.aliases_refused = batch_aliases
     update.refused = [
-        {"alias_key": a, "contact_key": c, "reason": r}
-        for a, c, r in con.execute(
-            "SELECT alias_key, contact_key, refused_reason FROM alias_resolved "
-            "WHERE refused_reason IS NOT NULL ORDER BY ALL LIMIT 10"
+        {"source": f"{uri}:{line}", "alias_key": a, "contact_key": c, "reason": r}
+        for uri, line, a, c, r in con.execute(
+            f"""
+            SELECT a.source_uri, a.line_number, a.alias_key, a.contact_key, a.refused_reason
+            FROM aliases a SEMI JOIN ({touched_sql}) t
+                ON a.tenant_id = t.tenant_id AND a.alias_key = t.contact_key
+            WHERE a.refused_reason IS NOT NULL ORDER BY ALL LIMIT 10
+            """
         ).fetchall()
     ]
     con.unregister("identity_resolved")
@@ -235,11 +240,18 @@ def _write_resolution(con: duckdb.DuckDBPyConnection) -> None:
 def rebuild_identities(
     con: duckdb.DuckDBPyConnection, max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
 ) -> IdentityUpdate:
-    """Recompute `identities` of every tenant from scratch: the identities the warehouse tables
-    hold (identity_sources) and every alias row. Inside the caller's transaction."""
+    """Recompute `identities` of every tenant from scratch: clusters, person ids and refusals
+    from every alias row, over the identities the warehouse tables hold (identity_sources) and
+    those registered before (an identity seen only on an alias line since superseded stays
+    known). Inside the caller's transaction."""
     every = " UNION ".join(
-        f"SELECT tenant_id, {column} AS contact_key FROM {table}"
-        for table, column in identity_sources()
+        [
+            "SELECT tenant_id, contact_key FROM identities",
+            *(
+                f"SELECT tenant_id, {column} AS contact_key FROM {table}"
+                for table, column in identity_sources()
+            ),
+        ]
     )
     resolved, edges = _resolve_members(con, every, max_cluster_size)
     con.register("identity_resolved", resolved)

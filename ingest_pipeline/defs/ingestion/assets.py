@@ -203,7 +203,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
             if outcome.identity.refused:
                 identity["aliases_refused_sample"] = dg.MetadataValue.md(
                     "\n".join(
-                        f"- `{r['alias_key']}` -> `{r['contact_key']}`: {r['reason']}"
+                        f"- {r['source']}: `{r['alias_key']}` -> `{r['contact_key']}`: {r['reason']}"
                         for r in outcome.identity.refused
                     )
                 )
