@@ -51,8 +51,11 @@ def test_export_asset_shape(tmp_path: Path) -> None:
     asset = build_flow_export_asset(_flow(tmp_path / "out"))
     assert asset.key == dg.AssetKey("flow_7_active_contacts_export")
     assert asset.node_def.pool == "duckdb_warehouse"
-    # The segment reads `contacts`, which the identify feed writes.
-    assert asset.dependency_keys == {dg.AssetKey("identify_warehouse")}
+    # The segment reads `contacts`, which the identify and kissmetrics feeds write.
+    assert asset.dependency_keys == {
+        dg.AssetKey("identify_warehouse"),
+        dg.AssetKey("kissmetrics_warehouse"),
+    }
     condition = asset.automation_conditions_by_key[asset.key]
     assert condition is not None and condition.get_label() == "after_warehouse_merge"
     assert asset.group_names_by_key[asset.key] == "exports"

@@ -189,6 +189,7 @@ GOOD = {
         "is_converted": "false",
         "amount": 12.5,
     },
+    "kissmetrics": {"_p": "ann@example.com", "_t": 1700000000, "_n": "signed up"},
 }
 HEADER = b"event_text,event_timestamp,contact_key\n"
 

@@ -155,6 +155,9 @@ def test_remerging_the_same_file_is_idempotent(tmp_path: Path) -> None:
         Landed("crm/l.json", ndjson([{"email": "a@x.io", "account": "A", "created_at": 1,
                                       "is_worked": "true", "is_converted": False, "amount": 1,
                                       "bad": None}, "not json"]), at(3)),
+        Landed("kissmetrics/k.jsonl", ndjson([{"_p": "c1", "_p2": "k1", "_t": 1700000000},
+                                              {"_p": "c1", "_n": "x", "_t": 1700000000},
+                                              {"_p": "c1", "_t": 1700000000, "plan": "a"}]), at(4)),
     ]  # fmt: skip
     h = Harness(tmp_path)
     reports = h.ingest(*files)
@@ -346,12 +349,21 @@ FIRST = {
     "identify": [{"contact_key": "c1", "email": "a@x.io", "plan": "free"}],
     "group": [{"contact_key": "c1", "account_key": "a1", "tier": "free"}],
     "crm": [lead("a@x.io", "A")],
+    "kissmetrics": [
+        {"_p": "c1", "_t": 1700000000, "plan": "free"},
+        {"_p": "c1", "_p2": "k1", "_t": 1700000000},
+    ],
 }
 SECOND = {
     "track": [event("c1", 1700000000, v=2), event("c2", 1700000001)],
     "identify": [{"contact_key": "c1", "email": "b@x.io", "plan": "pro"}],
     "group": [{"contact_key": "c1", "account_key": "a2", "tier": "gold"}],
     "crm": [lead("a@x.io", "B"), lead("b@x.io", "C")],
+    "kissmetrics": [
+        {"_p": "c1", "_t": 1700000009, "plan": "pro"},
+        {"_p": "c2", "_p2": "k1", "_t": 1700000009},
+        {"_p": "c2", "_n": "paid", "_t": 1700000009},
+    ],
 }
 
 
@@ -372,7 +384,8 @@ def test_a_merge_failing_midway_changes_nothing(
     # after merge_bronze, inside the transaction; or after a feed's first target is merged and
     # before its second (identify: attribute_values; group: contact_accounts, then accounts)
     for where, module, name in (("ledger", ledger, "record_merged_many"),
-                                ("attributes", merge, "_merge_attributes")):  # fmt: skip
+                                ("attributes", merge, "_merge_attributes"),
+                                ("identities", merge, "update_identities")):  # fmt: skip
         h = Harness(tmp_path / where)
         h.replay(first)
         for report in second:
@@ -381,7 +394,9 @@ def test_a_merge_failing_midway_changes_nothing(
         with monkeypatch.context() as patch:
             patch.setattr(module, name, boom)
             for feed in FEEDS.values():
-                if module is merge and all(t.mode == "row" for t in feed.targets):
+                if name == "_merge_attributes" and all(t.mode == "row" for t in feed.targets):
+                    continue
+                if name == "update_identities" and not feed.identity_columns:
                     continue
                 with pytest.raises(RuntimeError, match="killed mid-merge"):
                     h.merge(feed)
