@@ -22,7 +22,7 @@ What it measures, each step in its own child process (this script with `--child`
                    seen_sql = touched_sql = the batch's alias keys UNION its contact keys (call
                    time; with the INSERT and COMMIT too).
   verify           on a copy of (b)'s result: a full rebuild, compared with (b)'s `identities`
-                   (tenant, contact_key, person_id, graph_id, cluster_size) and the aliases'
+                   (tenant, contact_key, person_id, graph_id) and the aliases'
                    refusals; also the expected identity, people and cluster-size counts.
 
 Printed: medians of (a) and (b), (b) as a percentage of (a) (target < 5%), peak RSS of each, where
@@ -54,7 +54,7 @@ TENANT = "bench"
 CAP = 500
 TARGET_PERCENT = 5.0
 MIB = 1024 * 1024
-IDENTITY_COLUMNS = "tenant_id, contact_key, person_id, graph_id, cluster_size"
+IDENTITY_COLUMNS = "tenant_id, contact_key, person_id, graph_id"
 
 
 def _identity_sql(cluster: str, member: str) -> str:
@@ -280,7 +280,8 @@ def child_verify(db: Path, args: argparse.Namespace) -> dict[str, Any]:
             "SELECT count(*), count(DISTINCT person_id), count(DISTINCT graph_id) FROM inc.identities"
         ).fetchall()[0]
         sizes = con.execute(
-            "SELECT cluster_size, count(*) FROM inc.identities GROUP BY 1 ORDER BY 1"
+            "SELECT size, count(*) FROM (SELECT count(*) OVER (PARTITION BY person_id) AS size "
+            "FROM inc.identities) GROUP BY 1 ORDER BY 1"
         ).fetchall()
         refused = con.execute(
             "SELECT count(*) FROM inc.aliases WHERE refused_reason IS NOT NULL"

@@ -425,7 +425,9 @@ def child_pipeline(data: Path, workdir: Path) -> dict[str, Any]:
             "attribute_values": one("SELECT count(*) FROM attribute_values"),
             "identities": one("SELECT count(*) FROM identities"),
             "people": one("SELECT count(DISTINCT (tenant_id, person_id)) FROM identities"),
-            "largest_cluster": one("SELECT max(cluster_size) FROM identities"),
+            "largest_cluster": one(
+                "SELECT max(n) FROM (SELECT count(*) AS n FROM identities GROUP BY person_id)"
+            ),
             "rejected_rows": one("SELECT count(*) FROM rejected_rows"),
         }
         reasons = con.execute(

@@ -309,11 +309,12 @@ class MergeResult:
 
 
 def _target_batch(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> str:
-    """The relation of the batch rows `target` takes."""
+    """The relation of the batch rows `target` takes: the batch itself, or its routed rows
+    copied once (a view would read and filter the whole batch's Parquet at every use)."""
     if target.where is None:
         return "batch"
     con.execute(
-        f"CREATE OR REPLACE TEMP VIEW target_batch AS SELECT * FROM batch WHERE {target.where}"
+        f"CREATE OR REPLACE TEMP TABLE target_batch AS SELECT * FROM batch WHERE {target.where}"
     )
     return "target_batch"
 
@@ -430,7 +431,7 @@ def merge_bronze(
     for _, t in edges:
         con.execute(f"DROP TABLE {t}")
     con.execute(
-        "DROP VIEW IF EXISTS target_batch; DROP VIEW IF EXISTS batch; "
+        "DROP TABLE IF EXISTS target_batch; DROP VIEW IF EXISTS batch; "
         "DROP TABLE IF EXISTS batch_values; DROP TABLE lines_skipped"
     )
     con.unregister("batch_files")

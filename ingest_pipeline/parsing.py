@@ -913,7 +913,8 @@ class NdjsonFileCheck:
         self.total = 0
         self.objects = 0
         self.nul_only = 0
-        self.first_text: str | None = None  # the first non-blank line, left-trimmed
+        self.first_text: str | None = None  # the first non-blank line's first character
+        self.first_line: int | None = None
 
     def add(self, chunk: pa.Table) -> None:
         self.total += chunk.num_rows
@@ -922,11 +923,16 @@ class NdjsonFileCheck:
         if bad.num_rows:
             nul = pc.match_substring_regex(bad["raw"], "^\x00+\r?\n?$")
             self.nul_only += pc.sum(nul.cast(pa.int64())).as_py() or 0
-        if self.first_text is None:
-            stripped = pc.utf8_ltrim_whitespace(chunk["raw"])
-            non_blank = stripped.filter(pc.greater(pc.utf8_length(stripped), 0))
-            if len(non_blank):
-                self.first_text = non_blank[0].as_py()[:1]
+        # The first non-blank line by number, not by position: DuckDB may hand the records
+        # of a chunk over in another order.
+        stripped = pc.utf8_ltrim_whitespace(chunk["raw"])
+        non_blank = pc.greater(pc.utf8_length(stripped), 0)
+        numbers = chunk["line_number"].filter(non_blank)
+        if len(numbers):
+            first = pc.min(numbers).as_py()
+            if self.first_line is None or first < self.first_line:
+                at = pc.index(chunk["line_number"], first).as_py()
+                self.first_line, self.first_text = first, stripped[at].as_py()[:1]
 
     @staticmethod
     def may_refuse(objects: int, total: int) -> bool:

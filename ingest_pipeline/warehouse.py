@@ -109,16 +109,16 @@ CREATE TABLE IF NOT EXISTS aliases (
     refused_reason VARCHAR     -- NULL: applied to the identity graph (identity/graph.py)
     -- unique on (tenant_id, alias_key) by construction of the merge (merge.py), no index
 );
--- The identity graph's result: every identity any feed of the tenant names, its person (a
--- cluster of identities joined by applied aliases) and its component of all aliases.
+-- The identity graph's result: every identity any feed of the tenant names and its person (a
+-- cluster of identities joined by applied aliases); identity/resolve.py keeps it.
 CREATE TABLE IF NOT EXISTS identities (
     tenant_id VARCHAR NOT NULL,
     contact_key VARCHAR NOT NULL,
     person_id VARCHAR NOT NULL,    -- depends only on the cluster's identities
-    graph_id VARCHAR NOT NULL,     -- component of every alias, applied or refused
-    cluster_size INTEGER NOT NULL,
-    updated_at TIMESTAMPTZ,
-    PRIMARY KEY (tenant_id, contact_key)
+    graph_id VARCHAR,              -- set when its component of every alias (refused ones too)
+                                   -- is larger than its person
+    updated_at TIMESTAMPTZ
+    -- unique on (tenant_id, contact_key) by construction (identity/resolve.py), no index
 );
 CREATE TABLE IF NOT EXISTS crm_leads (
     tenant_id VARCHAR NOT NULL,

@@ -9,9 +9,10 @@ in. A person's id is derived from the smallest identity of its cluster (tenant a
 so it too depends only on the cluster's identities.
 
 The same order-independence makes the graph incremental: clusters only merge along edges, so
-the components of *all* edges (refused ones included: `graph_id`) are independent of each other,
-and recomputing the components a batch touches, from their own edges, gives what a rebuild of
-the whole tenant gives.
+the components of *all* edges (refused ones included) are independent of each other, and
+recomputing the components a batch touches, from their own edges, gives what a rebuild of the
+whole tenant gives. A component larger than its person (it holds a refused alias) has an id of
+its own, `graph_id`; otherwise the person is the component.
 """
 
 from __future__ import annotations
@@ -57,14 +58,32 @@ class _UnionFind:
 
 @dataclass(frozen=True)
 class Resolution:
-    """Per identity (in the order given): its person, its component of all edges and its
-    cluster's size; per edge (in the order given): None if applied, else why it was refused."""
+    """Per identity (in the order given): its person, and its component of all edges when that
+    is larger than its person (None: the same, i.e. no refused alias inside it); per edge (in
+    the order given): None if applied, else why it was refused."""
 
     identities: list[str]
     person_ids: list[str]
-    graph_ids: list[str]
-    cluster_sizes: list[int]
+    graph_ids: list[str | None]
     refused: list[str | None]
+
+
+def _refusal(alias: str, contact: str, grown: int, cap: int) -> str:
+    return (
+        f"alias not applied: joining {alias!r} to {contact!r} would make one person of "
+        f"{grown} identities, past the cluster-size cap of {cap} "
+        "(identity.max_cluster_size in ingest.yaml); an identity shared by many people "
+        "(a team mailbox, a test account) usually causes this"
+    )
+
+
+def _smallest(names: list[str], roots: list[int]) -> dict[int, str]:
+    smallest: dict[int, str] = {}
+    for name, root in zip(names, roots, strict=True):
+        known = smallest.get(root)
+        if known is None or name < known:
+            smallest[root] = name
+    return smallest
 
 
 def resolve(
@@ -89,41 +108,34 @@ def resolve(
                 names.append(key)
         pairs.append((index[alias], index[contact]))
     n = len(names)
-    every, capped = _UnionFind(n), _UnionFind(n)
+    capped = _UnionFind(n)
     refused: list[str | None] = []
     for (a, b), (alias, contact) in zip(pairs, edges, strict=True):
-        every.union(every.find(a), every.find(b))
         ra, rb = capped.find(a), capped.find(b)
-        if ra == rb:
-            refused.append(None)
-            continue
-        grown = capped.size[ra] + capped.size[rb]
-        if grown > max_cluster_size:
-            refused.append(
-                f"alias not applied: joining {alias!r} to {contact!r} would make one person of "
-                f"{grown} identities, past the cluster-size cap of {max_cluster_size} "
-                "(identity.max_cluster_size in ingest.yaml); an identity shared by many people "
-                "(a team mailbox, a test account) usually causes this"
-            )
-            continue
-        capped.union(ra, rb)
+        if ra != rb:
+            grown = capped.size[ra] + capped.size[rb]
+            if grown > max_cluster_size:
+                refused.append(_refusal(alias, contact, grown, max_cluster_size))
+                continue
+            capped.union(ra, rb)
         refused.append(None)
-    smallest_capped: dict[int, str] = {}
-    smallest_every: dict[int, str] = {}
-    roots_capped = [capped.find(i) for i in range(n)]
-    roots_every = [every.find(i) for i in range(n)]
-    for i, name in enumerate(names):
-        rc, re_ = roots_capped[i], roots_every[i]
-        if rc not in smallest_capped or name < smallest_capped[rc]:
-            smallest_capped[rc] = name
-        if re_ not in smallest_every or name < smallest_every[re_]:
-            smallest_every[re_] = name
-    person = {r: person_id(tenant_id, k) for r, k in smallest_capped.items()}
-    graph = {r: graph_id(tenant_id, k) for r, k in smallest_every.items()}
+    roots = [capped.find(i) for i in range(n)]
+    person = {r: person_id(tenant_id, k) for r, k in _smallest(names, roots).items()}
+    graph_ids: list[str | None] = [None] * n
+    if any(r is not None for r in refused):
+        # Components of every edge, refused ones too: what a later batch must take together.
+        every = _UnionFind(n)
+        for a, b in pairs:
+            every.union(every.find(a), every.find(b))
+        every_roots = [every.find(i) for i in range(n)]
+        graph = {r: graph_id(tenant_id, k) for r, k in _smallest(names, every_roots).items()}
+        for i in range(n):
+            # a component larger than the person holds a refused alias: it gets its own id
+            if every.size[every_roots[i]] > capped.size[roots[i]]:
+                graph_ids[i] = graph[every_roots[i]]
     return Resolution(
         identities=names,
-        person_ids=[person[r] for r in roots_capped],
-        graph_ids=[graph[r] for r in roots_every],
-        cluster_sizes=[capped.size[r] for r in roots_capped],
+        person_ids=[person[r] for r in roots],
+        graph_ids=graph_ids,
         refused=refused,
     )

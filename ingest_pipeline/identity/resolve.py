@@ -1,11 +1,17 @@
 """The warehouse's `identities` table kept up to date with the identity graph (graph.py).
 
-Every merge registers the identities its batch names (a cluster of one each, in SQL). A batch
-with aliases then recomputes only the components of the graph its aliases touch: their
-identities and alias rows are read (by `graph_id`), resolved in `graph.resolve`, and the rows
-that changed are written back. The cost follows the components the batch touches, not the
-tenant's graph. `rebuild_identities` recomputes every tenant from the alias rows and the
-identities the tables hold, and gives the same table (tested).
+Every merge registers the identities its batch names. A batch with aliases recomputes only the
+components of the graph its aliases touch: their identities and alias rows are read, resolved
+in `graph.resolve`, and only what changed is written (new identities inserted with their
+person, existing ones updated when their person or component changed). The cost follows the
+components the batch touches, not the tenant's graph. `rebuild_identities` recomputes every
+tenant from the alias rows and gives the same table (tested).
+
+`identities` has no PRIMARY KEY: like the row tables (merge.py), its rows are unique by
+construction (an identity is inserted only when absent, merges are serialised), and an ART
+index maintained row by row made registering and updating identities the slowest part of a
+merge. A component is `coalesce(graph_id, person_id)`: graph_id is set only when the component
+is larger than the person (it holds a refused alias).
 """
 
 from __future__ import annotations
@@ -28,11 +34,12 @@ __all__ = [
 
 # The canonical order of alias rows (graph.py): an alias key has one row per tenant.
 EDGE_ORDER = "tenant_id, recorded_at, alias_key, contact_key"
+COMPONENT = "coalesce(graph_id, person_id)"
 
 
-def _id_sql(prefix: str, tenant: str, key: str) -> str:
-    """SQL twin of graph.person_id / graph.graph_id for a cluster of one."""
-    return f"'{prefix}_' || left(md5({tenant} || chr(0) || {key}), 20)"
+def _person_id_sql(tenant: str, key: str) -> str:
+    """SQL twin of graph.person_id for a cluster of one."""
+    return f"'p_' || left(md5({tenant} || chr(0) || {key}), 20)"
 
 
 @dataclass
@@ -41,7 +48,7 @@ class IdentityUpdate:
 
     identities_added: int = 0
     clusters_touched: int = 0  # persons (after the batch) whose component the batch touched
-    identities_changed: int = 0  # identities whose person changed
+    identities_changed: int = 0  # identities known before whose person changed
     aliases_applied: int = 0  # of the batch's aliases
     aliases_refused: int = 0
     # the batch's first refused aliases (source file:line, keys, reason), for metadata
@@ -71,31 +78,6 @@ def identity_sources() -> list[tuple[str, str]]:
     return sources
 
 
-def _register_identities(con: duckdb.DuckDBPyConnection, seen_sql: str) -> int:
-    """Insert a cluster of one for every identity of `seen_sql` (tenant_id, contact_key) that
-    has no row yet; returns how many."""
-    con.execute(
-        f"""
-        CREATE OR REPLACE TEMP TABLE identities_new AS
-        SELECT tenant_id, contact_key FROM (SELECT DISTINCT tenant_id, contact_key FROM ({seen_sql}))
-        ANTI JOIN identities USING (tenant_id, contact_key)
-        """
-    )
-    added = con.execute("SELECT count(*) FROM identities_new").fetchall()[0][0]
-    if added:
-        con.execute(
-            f"""
-            INSERT INTO identities (tenant_id, contact_key, person_id, graph_id, cluster_size,
-                                    updated_at)
-            SELECT tenant_id, contact_key, {_id_sql("p", "tenant_id", "contact_key")},
-                   {_id_sql("g", "tenant_id", "contact_key")}, 1, now()
-            FROM identities_new
-            """
-        )
-    con.execute("DROP TABLE identities_new")
-    return added
-
-
 def _resolve_members(
     con: duckdb.DuckDBPyConnection, members_sql: str, cap: int
 ) -> tuple[pa.Table, pa.Table]:
@@ -120,34 +102,34 @@ def _resolve_members(
     for tenant in sorted(set(nodes_by_tenant) | set(edges_by_tenant)):
         tenant_edges = edges_by_tenant.get(tenant, [])
         result = resolve(tenant, nodes_by_tenant.get(tenant, []), tenant_edges, cap)
-        n = len(result.identities)
-        ids["tenant_id"] += [tenant] * n
+        ids["tenant_id"] += [tenant] * len(result.identities)
         ids["contact_key"] += result.identities
         ids["person_id"] += result.person_ids
         ids["graph_id"] += result.graph_ids
-        ids["cluster_size"] += result.cluster_sizes
         out_edges["tenant_id"] += [tenant] * len(tenant_edges)
         out_edges["alias_key"] += [a for a, _ in tenant_edges]
-        out_edges["contact_key"] += [c for _, c in tenant_edges]
         out_edges["refused_reason"] += result.refused
-    identities = pa.table(
-        {
-            "tenant_id": pa.array(ids["tenant_id"], pa.string()),
-            "contact_key": pa.array(ids["contact_key"], pa.string()),
-            "person_id": pa.array(ids["person_id"], pa.string()),
-            "graph_id": pa.array(ids["graph_id"], pa.string()),
-            "cluster_size": pa.array(ids["cluster_size"], pa.int32()),
-        }
-    )
+    string = pa.string()
+    identities = pa.table({k: pa.array(ids[k], string) for k in _IDENTITY_COLUMNS})
     edge_table = pa.table(
-        {
-            "tenant_id": pa.array(out_edges["tenant_id"], pa.string()),
-            "alias_key": pa.array(out_edges["alias_key"], pa.string()),
-            "contact_key": pa.array(out_edges["contact_key"], pa.string()),
-            "refused_reason": pa.array(out_edges["refused_reason"], pa.string()),
-        }
+        {k: pa.array(out_edges[k], string) for k in ("tenant_id", "alias_key", "refused_reason")}
     )
     return identities, edge_table
+
+
+_IDENTITY_COLUMNS = ("tenant_id", "contact_key", "person_id", "graph_id")
+
+
+def _write_refusals(con: duckdb.DuckDBPyConnection) -> None:
+    """Alias rows get their verdict from `alias_resolved` (only those whose verdict changed)."""
+    con.execute(
+        """
+        UPDATE aliases SET refused_reason = r.refused_reason
+        FROM alias_resolved r
+        WHERE aliases.tenant_id = r.tenant_id AND aliases.alias_key = r.alias_key
+          AND aliases.refused_reason IS DISTINCT FROM r.refused_reason
+        """
+    )
 
 
 def update_identities(
@@ -160,20 +142,42 @@ def update_identities(
 
     `seen_sql`: the batch's identities (tenant_id, contact_key); `touched_sql`: the endpoints of
     its alias rows, or None when it has none."""
-    update = IdentityUpdate(identities_added=_register_identities(con, seen_sql))
-    if touched_sql is None:
-        return update
-    # Whole components of the graph (all alias rows): those of the batch's endpoints, found by
-    # their graph_id before the batch (an alias replaced by the batch is in its alias key's).
     con.execute(
         f"""
+        CREATE OR REPLACE TEMP TABLE identities_new AS
+        SELECT tenant_id, contact_key FROM (SELECT DISTINCT tenant_id, contact_key FROM ({seen_sql}))
+        ANTI JOIN identities USING (tenant_id, contact_key)
+        """
+    )
+    update = IdentityUpdate(
+        identities_added=con.execute("SELECT count(*) FROM identities_new").fetchall()[0][0]
+    )
+    if touched_sql is None:
+        con.execute(
+            f"""
+            INSERT INTO identities (tenant_id, contact_key, person_id, graph_id, updated_at)
+            SELECT tenant_id, contact_key, {_person_id_sql("tenant_id", "contact_key")}, NULL,
+                   now()
+            FROM identities_new
+            """
+        )
+        con.execute("DROP TABLE identities_new")
+        return update
+    # Whole components: those of the batch's endpoints known before (an alias the batch
+    # replaced is in its alias key's component), and its new endpoints (components of one).
+    con.execute(
+        f"""
+        CREATE OR REPLACE TEMP TABLE identity_touched AS
+        SELECT DISTINCT tenant_id, contact_key FROM ({touched_sql});
         CREATE OR REPLACE TEMP TABLE identity_members AS
-        SELECT i.tenant_id, i.contact_key, i.person_id FROM identities i
+        SELECT i.tenant_id, i.contact_key, i.person_id, i.graph_id FROM identities i
         SEMI JOIN (
-            SELECT DISTINCT i.tenant_id, i.graph_id
-            FROM (SELECT DISTINCT tenant_id, contact_key FROM ({touched_sql})) t
-            JOIN identities i USING (tenant_id, contact_key)
-        ) g USING (tenant_id, graph_id)
+            SELECT DISTINCT i.tenant_id, {COMPONENT} AS component
+            FROM identity_touched t JOIN identities i USING (tenant_id, contact_key)
+        ) g ON i.tenant_id = g.tenant_id AND {COMPONENT} = g.component
+        UNION ALL
+        SELECT tenant_id, contact_key, NULL, NULL FROM identities_new
+        SEMI JOIN identity_touched USING (tenant_id, contact_key);
         """
     )
     resolved, edges = _resolve_members(con, "SELECT * FROM identity_members", max_cluster_size)
@@ -182,28 +186,51 @@ def update_identities(
     update.clusters_touched = con.execute(
         "SELECT count(DISTINCT (tenant_id, person_id)) FROM identity_resolved"
     ).fetchall()[0][0]
-    update.identities_changed = con.execute(
+    # Only what changed is written: known identities whose person or component moved...
+    con.execute(
         """
-        SELECT count(*) FROM identity_resolved r JOIN identity_members m
-            USING (tenant_id, contact_key) WHERE r.person_id <> m.person_id
+        CREATE OR REPLACE TEMP TABLE identity_moved AS
+        SELECT r.* FROM identity_resolved r JOIN identity_members m USING (tenant_id, contact_key)
+        WHERE m.person_id IS NOT NULL
+          AND (r.person_id <> m.person_id OR r.graph_id IS DISTINCT FROM m.graph_id)
         """
-    ).fetchall()[0][0]
-    _write_resolution(con)
-    batch_aliases = con.execute(
+    )
+    update.identities_changed = con.execute("SELECT count(*) FROM identity_moved").fetchall()[0][0]
+    if update.identities_changed:
+        con.execute(
+            """
+            UPDATE identities SET person_id = r.person_id, graph_id = r.graph_id,
+                                  updated_at = now()
+            FROM identity_moved r
+            WHERE identities.tenant_id = r.tenant_id AND identities.contact_key = r.contact_key
+            """
+        )
+    # ... and the new ones, with their person (a cluster of one unless the batch joined it).
+    con.execute(
         f"""
+        INSERT INTO identities (tenant_id, contact_key, person_id, graph_id, updated_at)
+        SELECT n.tenant_id, n.contact_key,
+               coalesce(r.person_id, {_person_id_sql("n.tenant_id", "n.contact_key")}),
+               r.graph_id, now()
+        FROM identities_new n LEFT JOIN identity_resolved r USING (tenant_id, contact_key)
+        """
+    )
+    _write_refusals(con)
+    applied, refused = con.execute(
+        """
         SELECT count(*) FILTER (WHERE r.refused_reason IS NULL),
                count(*) FILTER (WHERE r.refused_reason IS NOT NULL)
-        FROM alias_resolved r SEMI JOIN ({touched_sql}) t
+        FROM alias_resolved r SEMI JOIN identity_touched t
             ON r.tenant_id = t.tenant_id AND r.alias_key = t.contact_key
         """
     ).fetchall()[0]
-    update.aliases_applied, update.aliases_refused = batch_aliases
+    update.aliases_applied, update.aliases_refused = applied, refused
     update.refused = [
         {"source": f"{uri}:{line}", "alias_key": a, "contact_key": c, "reason": r}
         for uri, line, a, c, r in con.execute(
-            f"""
+            """
             SELECT a.source_uri, a.line_number, a.alias_key, a.contact_key, a.refused_reason
-            FROM aliases a SEMI JOIN ({touched_sql}) t
+            FROM aliases a SEMI JOIN identity_touched t
                 ON a.tenant_id = t.tenant_id AND a.alias_key = t.contact_key
             WHERE a.refused_reason IS NOT NULL ORDER BY ALL LIMIT 10
             """
@@ -211,36 +238,17 @@ def update_identities(
     ]
     con.unregister("identity_resolved")
     con.unregister("alias_resolved")
-    con.execute("DROP TABLE identity_members")
+    con.execute(
+        "DROP TABLE identity_members; DROP TABLE identity_moved; DROP TABLE identity_touched; "
+        "DROP TABLE identities_new"
+    )
     return update
-
-
-def _write_resolution(con: duckdb.DuckDBPyConnection) -> None:
-    """Write `identity_resolved` and `alias_resolved` back: only the rows that changed."""
-    con.execute(
-        """
-        UPDATE identities SET person_id = r.person_id, graph_id = r.graph_id,
-                              cluster_size = r.cluster_size, updated_at = now()
-        FROM identity_resolved r
-        WHERE identities.tenant_id = r.tenant_id AND identities.contact_key = r.contact_key
-          AND (identities.person_id <> r.person_id OR identities.graph_id <> r.graph_id
-               OR identities.cluster_size <> r.cluster_size)
-        """
-    )
-    con.execute(
-        """
-        UPDATE aliases SET refused_reason = r.refused_reason
-        FROM alias_resolved r
-        WHERE aliases.tenant_id = r.tenant_id AND aliases.alias_key = r.alias_key
-          AND aliases.refused_reason IS DISTINCT FROM r.refused_reason
-        """
-    )
 
 
 def rebuild_identities(
     con: duckdb.DuckDBPyConnection, max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE
 ) -> IdentityUpdate:
-    """Recompute `identities` of every tenant from scratch: clusters, person ids and refusals
+    """Recompute `identities` of every tenant from scratch: persons, components and refusals
     from every alias row, over the identities the warehouse tables hold (identity_sources) and
     those registered before (an identity seen only on an alias line since superseded stays
     known). Inside the caller's transaction."""
@@ -258,30 +266,18 @@ def rebuild_identities(
     con.register("alias_resolved", edges)
     con.execute("DELETE FROM identities")
     con.execute(
-        "INSERT INTO identities (tenant_id, contact_key, person_id, graph_id, cluster_size, "
-        "updated_at) SELECT *, now() FROM identity_resolved"
+        "INSERT INTO identities (tenant_id, contact_key, person_id, graph_id, updated_at) "
+        "SELECT tenant_id, contact_key, person_id, graph_id, now() FROM identity_resolved"
     )
-    con.execute(
-        """
-        UPDATE aliases SET refused_reason = r.refused_reason
-        FROM alias_resolved r
-        WHERE aliases.tenant_id = r.tenant_id AND aliases.alias_key = r.alias_key
-          AND aliases.refused_reason IS DISTINCT FROM r.refused_reason
-        """
-    )
+    _write_refusals(con)
+    verdicts = edges["refused_reason"].to_pylist()
     update = IdentityUpdate(
         identities_added=resolved.num_rows,
-        clusters_touched=len(
-            set(
-                zip(
-                    resolved["tenant_id"].to_pylist(),
-                    resolved["person_id"].to_pylist(),
-                    strict=True,
-                )
-            )
-        ),
-        aliases_applied=sum(r is None for r in edges["refused_reason"].to_pylist()),
-        aliases_refused=sum(r is not None for r in edges["refused_reason"].to_pylist()),
+        clusters_touched=con.execute(
+            "SELECT count(DISTINCT (tenant_id, person_id)) FROM identity_resolved"
+        ).fetchall()[0][0],
+        aliases_applied=sum(r is None for r in verdicts),
+        aliases_refused=sum(r is not None for r in verdicts),
     )
     con.unregister("identity_resolved")
     con.unregister("alias_resolved")
