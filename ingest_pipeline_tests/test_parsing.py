@@ -457,3 +457,25 @@ def test_naive_timestamps_are_utc_whatever_the_machine_time_zone(
     (lead,) = h.query("SELECT epoch(created_at) AS c, epoch(worked_date) AS w FROM crm_leads")
     assert lead["c"] == datetime.fromisoformat("2024-01-05T10:00:00+00:00").timestamp()
     assert lead["w"] == datetime.fromisoformat("2024-01-06T00:00:00+00:00").timestamp()
+
+
+def test_the_whole_file_verdict_reads_the_first_line_by_number_not_by_position() -> None:
+    """DuckDB may hand a chunk's records over in another order: the verdict on a JSON array
+    file must come from line 1 (`[`), not from whichever line arrived first."""
+    from ingest_pipeline.arrow import pa
+    from ingest_pipeline.parsing import NdjsonFileCheck
+
+    lines = ["[\n", " {\n", '  "_p": "a",\n', " }\n", "]\n"]
+    order = [2, 0, 4, 1, 3]  # line 3 first
+    chunk = pa.table(
+        {
+            "line_number": pa.array([i + 1 for i in order], pa.int64()),
+            "raw": pa.array([lines[i] for i in order], pa.string()),
+            "error": pa.array(["invalid JSON"] * len(lines), pa.string()),
+        }
+    )
+    check = NdjsonFileCheck()
+    check.add(chunk.slice(0, 2))  # line 3 and line 1 in one chunk, lines 5, 2, 4 in the next
+    check.add(chunk.slice(2))
+    assert check.first_text == "["
+    assert check.verdict() is not None and "one JSON array" in check.verdict()
