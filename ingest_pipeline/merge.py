@@ -319,36 +319,56 @@ def _target_batch(con: duckdb.DuckDBPyConnection, target: TargetSpec) -> str:
     return "target_batch"
 
 
+def _routes_sql(feed: FeedSpec) -> str:
+    """SQL over a bronze row: the indexes of the feed's targets it is routed to."""
+    routed = ", ".join(
+        f"CASE WHEN {t.where or 'true'} THEN {i} END" for i, t in enumerate(feed.targets)
+    )
+    return f"list_filter([{routed}]::INTEGER[], lambda x: x IS NOT NULL)"
+
+
+def _keep_skipped(con: duckdb.DuckDBPyConnection, feed: FeedSpec, index: int, rows: str) -> bool:
+    """Add the rows target `index` skipped (`merge_skip`) to `lines_skipped`, each with the
+    targets it is routed to; returns whether there were any."""
+    if not con.execute("SELECT count(*) FROM merge_skip").fetchall()[0][0]:
+        return False
+    if all(t.where is None for t in feed.targets):  # every row goes to every target
+        every = "[" + ", ".join(str(i) for i in range(len(feed.targets))) + "]::INTEGER[]"
+        con.execute(f"INSERT INTO lines_skipped SELECT {index}, *, {every} FROM merge_skip")
+        return True
+    # The skipped rows' routes, from the target's own rows (a copy when it is routed).
+    con.execute(
+        f"""
+        INSERT INTO lines_skipped
+        SELECT {index}, s.source_uri, s.etag, s.line_number, {_routes_sql(feed)}
+        FROM {rows} t JOIN merge_skip s
+          ON t.source_uri = s.source_uri AND t.etag = s.etag AND t.line_number = s.line_number
+        """
+    )
+    return True
+
+
 def _loaded_per_file(
-    con: duckdb.DuckDBPyConnection, feed: FeedSpec, skipping: list[int]
+    con: duckdb.DuckDBPyConnection, skipping: list[int]
 ) -> dict[tuple[str, str], int]:
     """Rows loaded per file: each batch row counts once, loaded when at least one target it is
-    routed to applied it, a duplicate when every such target skipped it (`lines_skipped`; only
-    row targets skip rows). A row no target takes is loaded (it is kept in the bronze)."""
+    routed to applied it, a duplicate when every such target skipped it (`lines_skipped`, with
+    each row's routes; only row targets skip rows). A row no target takes is loaded (it is
+    kept in the bronze)."""
     totals = con.execute("SELECT source_uri, etag, count(*) FROM batch GROUP BY ALL").fetchall()
     loaded = {(uri, etag): n for uri, etag, n in totals}
     if not skipping:
         return loaded
-    if len(feed.targets) == 1:
-        duplicates = con.execute(
-            "SELECT source_uri, etag, count(*) FROM lines_skipped GROUP BY ALL"
-        ).fetchall()
-    else:
-        routed = ", ".join(
-            f"CASE WHEN {t.where or 'true'} THEN {i} END" for i, t in enumerate(feed.targets)
-        )
-        duplicates = con.execute(
-            f"""
-            SELECT b.source_uri, b.etag, count(*)
-            FROM batch b JOIN (
-                SELECT source_uri, etag, line_number, list(target_index) AS skipped_in
-                FROM lines_skipped GROUP BY ALL
-            ) s ON b.source_uri = s.source_uri AND b.etag = s.etag
-               AND b.line_number = s.line_number
-            WHERE list_has_all(s.skipped_in, list_filter([{routed}], lambda x: x IS NOT NULL))
-            GROUP BY ALL
-            """
-        ).fetchall()
+    duplicates = con.execute(
+        """
+        SELECT source_uri, etag, count(*) FROM (
+            SELECT source_uri, etag, line_number, list(target_index) AS skipped_in,
+                   any_value(routes) AS routes
+            FROM lines_skipped GROUP BY ALL
+        ) WHERE list_has_all(skipped_in, routes)
+        GROUP BY ALL
+        """
+    ).fetchall()
     for uri, etag, n in duplicates:
         loaded[uri, etag] -= n
     return loaded
@@ -394,7 +414,7 @@ def merge_bronze(
     )
     con.execute(
         "CREATE OR REPLACE TEMP TABLE lines_skipped (target_index INTEGER, source_uri VARCHAR, "
-        "etag VARCHAR, line_number BIGINT)"
+        "etag VARCHAR, line_number BIGINT, routes INTEGER[])"
     )
     skipping: list[int] = []
     edges: list[tuple[TargetSpec, str]] = []
@@ -402,8 +422,7 @@ def merge_bronze(
         rows = _target_batch(con, target)
         if target.mode == "row":
             _merge_rows(con, target, rows)
-            con.execute(f"INSERT INTO lines_skipped SELECT {i}, * FROM merge_skip")
-            if con.execute("SELECT count(*) FROM merge_skip").fetchall()[0][0]:
+            if _keep_skipped(con, feed, i, rows):
                 skipping.append(i)
             con.execute("DROP TABLE merge_skip")
         else:
@@ -415,7 +434,7 @@ def merge_bronze(
                 f"{target.columns['contact_key']} AS contact_key FROM {rows}"
             )
             edges.append((target, f"batch_edges_{i}"))
-    loaded = _loaded_per_file(con, feed, skipping)
+    loaded = _loaded_per_file(con, skipping)
     identity = None
     if feed.identity_columns:
         seen = " UNION ".join(

@@ -82,20 +82,22 @@ def _resolve_members(
     con: duckdb.DuckDBPyConnection, members_sql: str, cap: int
 ) -> tuple[pa.Table, pa.Table]:
     """Resolve the identities of `members_sql` (tenant_id, contact_key: whole components) with
-    the alias rows among them: (identities table, edges table with refused_reason)."""
+    the alias rows among them: (identities table, edges table with the new refused_reason and
+    whether it differs from the stored one)."""
     members = con.execute(f"SELECT tenant_id, contact_key FROM ({members_sql})").fetchall()
     edges = con.execute(
         f"""
-        SELECT a.tenant_id, a.alias_key, a.contact_key FROM aliases a
+        SELECT a.tenant_id, a.alias_key, a.contact_key, a.refused_reason FROM aliases a
         SEMI JOIN ({members_sql}) m ON a.tenant_id = m.tenant_id AND a.alias_key = m.contact_key
         ORDER BY {EDGE_ORDER}
         """
     ).fetchall()
+    stored = {(tenant, alias): reason for tenant, alias, _, reason in edges}
     nodes_by_tenant: dict[str, list[str]] = defaultdict(list)
     for tenant, key in members:
         nodes_by_tenant[tenant].append(key)
     edges_by_tenant: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for tenant, alias, contact in edges:
+    for tenant, alias, contact, _ in edges:
         edges_by_tenant[tenant].append((alias, contact))
     ids: dict[str, list] = defaultdict(list)
     out_edges: dict[str, list] = defaultdict(list)
@@ -109,10 +111,17 @@ def _resolve_members(
         out_edges["tenant_id"] += [tenant] * len(tenant_edges)
         out_edges["alias_key"] += [a for a, _ in tenant_edges]
         out_edges["refused_reason"] += result.refused
+        out_edges["changed"] += [
+            stored[tenant, a] != r for (a, _), r in zip(tenant_edges, result.refused, strict=True)
+        ]
     string = pa.string()
     identities = pa.table({k: pa.array(ids[k], string) for k in _IDENTITY_COLUMNS})
     edge_table = pa.table(
-        {k: pa.array(out_edges[k], string) for k in ("tenant_id", "alias_key", "refused_reason")}
+        {
+            **{k: pa.array(out_edges[k], string) for k in ("tenant_id", "alias_key")},
+            "refused_reason": pa.array(out_edges["refused_reason"], string),
+            "changed": pa.array(out_edges["changed"], pa.bool_()),
+        }
     )
     return identities, edge_table
 
@@ -120,16 +129,20 @@ def _resolve_members(
 _IDENTITY_COLUMNS = ("tenant_id", "contact_key", "person_id", "graph_id")
 
 
-def _write_refusals(con: duckdb.DuckDBPyConnection) -> None:
-    """Alias rows get their verdict from `alias_resolved` (only those whose verdict changed)."""
+def _write_refusals(con: duckdb.DuckDBPyConnection, edges: pa.Table) -> None:
+    """Alias rows whose verdict changed get it (usually none: then nothing is written)."""
+    changed = edges.filter(edges["changed"])
+    if not changed.num_rows:
+        return
+    con.register("alias_verdicts", changed)
     con.execute(
         """
         UPDATE aliases SET refused_reason = r.refused_reason
-        FROM alias_resolved r
+        FROM alias_verdicts r
         WHERE aliases.tenant_id = r.tenant_id AND aliases.alias_key = r.alias_key
-          AND aliases.refused_reason IS DISTINCT FROM r.refused_reason
         """
     )
+    con.unregister("alias_verdicts")
 
 
 def update_identities(
@@ -215,7 +228,7 @@ def update_identities(
         FROM identities_new n LEFT JOIN identity_resolved r USING (tenant_id, contact_key)
         """
     )
-    _write_refusals(con)
+    _write_refusals(con, edges)
     applied, refused = con.execute(
         """
         SELECT count(*) FILTER (WHERE r.refused_reason IS NULL),
@@ -269,7 +282,7 @@ def rebuild_identities(
         "INSERT INTO identities (tenant_id, contact_key, person_id, graph_id, updated_at) "
         "SELECT tenant_id, contact_key, person_id, graph_id, now() FROM identity_resolved"
     )
-    _write_refusals(con)
+    _write_refusals(con, edges)
     verdicts = edges["refused_reason"].to_pylist()
     update = IdentityUpdate(
         identities_added=resolved.num_rows,
