@@ -499,3 +499,17 @@ def test_a_warehouse_of_schema_v2_gets_record_times_and_its_identities(tmp_path:
     )
     [person] = h.query("SELECT attributes FROM people WHERE list_contains(identities, 'ann')")
     assert person["attributes"]["plan"] == "pro"
+
+
+def test_the_readme_identity_example_loads() -> None:
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Kissmetrics event logs and people") :]
+    example = re.search(r"```yaml\n(.*?)```", section, re.S)
+    assert example is not None
+    config = parse_config(yaml.safe_load(example.group(1)))
+    assert config.identity.max_cluster_size == 500
+    assert "test@example.com" in config.feed("kissmetrics").placeholder_identities
