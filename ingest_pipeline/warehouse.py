@@ -251,11 +251,28 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
     # v3: attribute values ranked by record time; what landed before has its landing time.
     con.execute("UPDATE attribute_values SET recorded_at = landed_at WHERE recorded_at IS NULL")
     con.execute("UPDATE aliases SET recorded_at = landed_at WHERE recorded_at IS NULL")
-    # v3: every identity the tables name gets its row in the identity graph.
+    # v3: every identity the tables name gets its row in the identity graph. Before v3 no feed
+    # wrote aliases, so each is a person of its own: registered in SQL (bounded memory), not by
+    # a rebuild of the graph in Python (a whole tenant in memory, on whichever process connects
+    # first); a warehouse that has aliases all the same is rebuilt.
     if not con.execute("SELECT count(*) FROM identities").fetchall()[0][0]:
-        from ingest_pipeline.identity.resolve import rebuild_identities
+        from ingest_pipeline.identity.resolve import (
+            identity_sources,
+            rebuild_identities,
+            update_identities,
+        )
 
-        rebuild_identities(con)
+        if con.execute("SELECT count(*) FROM aliases").fetchall()[0][0]:
+            rebuild_identities(con)
+        else:
+            update_identities(
+                con,
+                " UNION ".join(
+                    f"SELECT tenant_id, {column} AS contact_key FROM {table}"
+                    for table, column in identity_sources()
+                ),
+                None,
+            )
 
 
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
