@@ -57,6 +57,7 @@ from bench_track_1m import (  # noqa: E402
     Stages,
     _proc_status_mib,
     _vm_kib,
+    child_raw,
     instrument,
 )
 
@@ -300,28 +301,6 @@ def ensure_data(out_dir: Path, rows: int, seed: int) -> tuple[Path, dict[str, An
 # --------------------------------------------------------------------------------------------
 # Child processes: one measured step each
 # --------------------------------------------------------------------------------------------
-
-
-def child_raw(data: Path, workdir: Path) -> dict[str, Any]:
-    import duckdb
-
-    out = workdir / "raw.parquet"
-    con = duckdb.connect()
-    rss_before = _proc_status_mib("VmRSS")
-    cpu_started, started = time.process_time(), time.perf_counter()
-    con.execute(
-        f"COPY (SELECT * FROM read_json('{data}', format = 'newline_delimited', "
-        f"ignore_errors = true)) TO '{out}' (FORMAT parquet)"
-    )
-    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu_started
-    rows = con.execute(f"SELECT count(*) FROM read_parquet('{out}')").fetchall()[0][0]
-    return {
-        "seconds": seconds,
-        "cpu_seconds": cpu,
-        "rss_before_mib": rss_before,
-        "rows_written": rows,
-        "parquet_bytes": out.stat().st_size,
-    }
 
 
 # Extra stage labels: the merge split by what it is doing (SQL inside these is theirs).

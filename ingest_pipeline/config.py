@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingest_pipeline.identity.graph import DEFAULT_MAX_CLUSTER_SIZE
+
 if TYPE_CHECKING:
     from ingest_pipeline.feeds import FeedSpec
 
@@ -264,7 +266,7 @@ class IdentityConfig(_Strict):
 
     # None: feeds.DEFAULT_PLACEHOLDER_IDENTITIES. Compared trimmed and case-folded.
     placeholders: list[str] | None = None
-    max_cluster_size: int = Field(default=500, ge=2)
+    max_cluster_size: int = Field(default=DEFAULT_MAX_CLUSTER_SIZE, ge=2)
 
 
 class IngestConfig(_Strict):

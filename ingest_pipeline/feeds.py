@@ -112,10 +112,21 @@ class FeedSpec:
         return self.targets[0]
 
 
+def with_provenance(**columns: str) -> dict[str, str]:
+    """Warehouse column -> bronze expression, with the row's provenance (tenant, source file,
+    line, landing time) that every row table keeps."""
+    return {
+        "tenant_id": "tenant_id",
+        **columns,
+        "source_uri": "source_uri",
+        "line_number": "line_number",
+        "landed_at": "landed_at",
+    }
+
+
 def same_named(*columns: str) -> dict[str, str]:
-    """Warehouse columns taken as they are from the bronze row, with its provenance
-    (tenant, source file, line, landing time) that every row table keeps."""
-    return {c: c for c in ("tenant_id", *columns, "source_uri", "line_number", "landed_at")}
+    """Warehouse columns taken as they are from the bronze row, with its provenance."""
+    return with_provenance(**{c: c for c in columns})
 
 
 TRACK = FeedSpec(
@@ -250,16 +261,9 @@ KISSMETRICS = FeedSpec(
             within_file="first",
             prune_column="event_timestamp",
             where=_HAS_EVENT,
-            columns={
-                "tenant_id": "tenant_id",
-                "contact_key": "_p",
-                "event_text": "_n",
-                "event_timestamp": "_t",
-                "properties": "properties",
-                "source_uri": "source_uri",
-                "line_number": "line_number",
-                "landed_at": "landed_at",
-            },
+            columns=with_provenance(
+                contact_key="_p", event_text="_n", event_timestamp="_t", properties="properties"
+            ),
         ),
         # An alias names one person: its newest `_t` wins (SPEC section 6 keys it by alias).
         TargetSpec(
@@ -270,14 +274,7 @@ KISSMETRICS = FeedSpec(
             where=_HAS_ALIAS,
             record_time="_t",
             graph_edges=True,
-            columns={
-                "tenant_id": "tenant_id",
-                "alias_key": "_p2",
-                "contact_key": "_p",
-                "source_uri": "source_uri",
-                "line_number": "line_number",
-                "landed_at": "landed_at",
-            },
+            columns=with_provenance(alias_key="_p2", contact_key="_p"),
         ),
         # Person properties set at `_t`: per property the newest `_t` wins, whatever the order
         # in which files land (a late old file does not overwrite newer values).

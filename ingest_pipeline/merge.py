@@ -8,6 +8,10 @@ The rules (SPEC section 4), implemented here and nowhere else:
     when it ranks higher, so the result is the same whatever order files are merged in.
   * attribute tables (contacts, accounts): per (key, attribute) the most recently landed non-null
     value wins (later lines of one file are newer); the entity row is rebuilt from those values.
+  * a target with a `record_time` ranks by it first, landing order breaking ties; a target with
+    a `where` takes only the rows it routes to it; a row is a duplicate only when every target
+    it is routed to skipped it. After the targets, the identity graph is brought up to date
+    (identity/resolve.py).
 
 A row table stores its key's 128-bit MD5 (key_hash_sql) as two 64-bit columns, `key_hash_hi` and
 `key_hash_lo`: a batch finds the stored rows it collides with by joining on those, so the merge

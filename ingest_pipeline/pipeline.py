@@ -436,13 +436,7 @@ class MergeOutcome:
             return
         if self.identity is None:
             self.identity = IdentityUpdate()
-        total = self.identity
-        total.identities_added += update.identities_added
-        total.clusters_touched += update.clusters_touched
-        total.identities_changed += update.identities_changed
-        total.aliases_applied += update.aliases_applied
-        total.aliases_refused += update.aliases_refused
-        total.refused = (total.refused + update.refused)[:10]
+        self.identity.add(update)
 
 
 def _local_bronze(lake: LandingZone, key: str, tmp_dir: Path) -> Path:

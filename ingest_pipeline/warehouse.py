@@ -188,7 +188,15 @@ CREATE TABLE IF NOT EXISTS rejected_rows (
     reason VARCHAR NOT NULL,
     PRIMARY KEY (source_uri, etag, line_number)
 );
--- Segment queries and analysts read people through these.
+"""
+
+
+def _views_sql() -> str:
+    """The views segment queries and analysts read people through; `people` merges a cluster's
+    attribute values by the merge's own ranking (merge.ATTRIBUTE_ORDER)."""
+    from ingest_pipeline.merge import ATTRIBUTE_ORDER
+
+    return f"""
 CREATE OR REPLACE VIEW events_resolved AS
 SELECT e.*, i.person_id
 FROM events e LEFT JOIN identities i
@@ -200,11 +208,10 @@ WITH winning AS (
       ON v.entity = 'contacts' AND v.tenant_id = i.tenant_id AND v.entity_key = i.contact_key
     QUALIFY row_number() OVER (
         PARTITION BY i.tenant_id, i.person_id, v.attribute
-        ORDER BY v.recorded_at DESC, v.landed_at DESC, v.source_uri DESC,
-                 coalesce(v.etag, '') DESC, v.line_number DESC) = 1
+        ORDER BY {ATTRIBUTE_ORDER}) = 1
 )
 SELECT p.tenant_id, p.person_id, p.identities, p.identity_count,
-       coalesce(a.attributes, '{}'::JSON) AS attributes
+       coalesce(a.attributes, '{{}}'::JSON) AS attributes
 FROM (
     SELECT tenant_id, person_id, list(contact_key ORDER BY contact_key) AS identities,
            count(*) AS identity_count
@@ -285,6 +292,7 @@ def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
         return
     with transaction(con):
         con.execute(DDL)
+        con.execute(_views_sql())
         _migrate(con)
         check_declarations(con)
         con.execute("DELETE FROM warehouse_schema")

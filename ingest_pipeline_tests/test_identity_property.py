@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from ingest_pipeline import warehouse
+from ingest_pipeline.feeds import DEFAULT_PLACEHOLDER_IDENTITIES
 from ingest_pipeline.identity.resolve import rebuild_identities
 from ingest_pipeline_tests.helpers import T0, Harness, Landed, ndjson
 
@@ -69,19 +70,8 @@ def _person_id(tenant: str, smallest: str) -> str:
 
 
 def _placeholder(value: str) -> bool:
-    return value.strip().lower() in {
-        "",
-        "null",
-        "undefined",
-        "none",
-        "nil",
-        "anonymous",
-        "guest",
-        "n/a",
-        "0",
-        "-1",
-        "[object object]",
-    }
+    # the default list, as the feed declares it
+    return value.strip().lower() in DEFAULT_PLACEHOLDER_IDENTITIES
 
 
 def _oracle(

@@ -14,12 +14,14 @@ import pytest
 
 from ingest_pipeline import cli, warehouse
 from ingest_pipeline.config import parse_config
-from ingest_pipeline.definitions import RESOURCES, defs
 from ingest_pipeline.feeds import DEFAULT_PLACEHOLDER_IDENTITIES, KISSMETRICS
 from ingest_pipeline.file_report import file_report
 from ingest_pipeline.identity.graph import person_id
 from ingest_pipeline.landing import landing_from_url
 from ingest_pipeline_tests.helpers import T0, Harness, Landed, ndjson
+from ingest_pipeline_tests.test_end_to_end import pipeline_env, tick_and_run
+
+__all__ = ["pipeline_env"]  # the fixture, shared with the end-to-end tests
 
 # The vendor page's examples (../shared/seeds/002_5cfa130d68c848cc.txt), in its order.
 VENDOR_VALID = [
@@ -42,52 +44,20 @@ VENDOR_INVALID = """{"links":
 """
 
 
-def _ts(seconds: int) -> int:
-    return seconds
-
-
 def _rows(con: Any, sql: str) -> list[tuple]:
     return con.execute(sql).fetchall()
 
 
-@pytest.fixture
-def s3_pipeline(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, s3_bucket: tuple[Any, str]
-) -> tuple[str, Path]:
-    _client, bucket = s3_bucket
-    url = f"s3://{bucket}/incoming"
-    monkeypatch.setenv("INGEST_LANDING_URL", url)
-    monkeypatch.setenv("INGEST_LAKE_URL", str(tmp_path / "lake"))
-    monkeypatch.setenv("INGEST_WAREHOUSE_PATH", str(tmp_path / "warehouse.duckdb"))
-    monkeypatch.setenv("INGEST_TENANT", "default")
-    return url, tmp_path / "warehouse.duckdb"
-
-
-def _run_sensor(instance: dg.DagsterInstance) -> int:
-    sensor = defs.get_sensor_def("kissmetrics_landing_sensor")
-    with dg.build_sensor_context(instance=instance, resources=RESOURCES, definitions=defs) as ctx:
-        result = sensor.evaluate_tick(ctx)
-    job = defs.resolve_job_def("ingest_kissmetrics")
-    for request in result.run_requests or []:
-        outcome = job.execute_in_process(
-            run_config=request.run_config,
-            partition_key=request.partition_key,
-            instance=instance,
-            tags=request.tags,
-        )
-        assert outcome.success
-    return len(result.run_requests or [])
-
-
 def test_vendor_page_examples_dropped_in_s3_land_in_their_tables(
-    s3_pipeline: tuple[str, Path],
+    pipeline_env: Path, s3_bucket: tuple[Any, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    url, wh = s3_pipeline
+    url, wh = f"s3://{s3_bucket[1]}/incoming", pipeline_env / "warehouse.duckdb"
+    monkeypatch.setenv("INGEST_LANDING_URL", url)
     landing = landing_from_url(url)
     landing.put("kissmetrics/vendor.json", ("\n".join(VENDOR_VALID) + "\n").encode())
     landing.put("kissmetrics/vendor_invalid.json", VENDOR_INVALID.encode())
     with dg.instance_for_test() as instance:
-        assert _run_sensor(instance) >= 1
+        assert tick_and_run(instance, {}) >= 1
         merged = instance.get_latest_materialization_event(dg.AssetKey("kissmetrics_warehouse"))
         assert merged is not None
         metadata = merged.asset_materialization.metadata

@@ -54,6 +54,18 @@ class IdentityUpdate:
     # the batch's first refused aliases (source file:line, keys, reason), for metadata
     refused: list[dict[str, str]] = field(default_factory=list)
 
+    def add(self, other: IdentityUpdate) -> None:
+        """Fold another batch's update into this one (a run merges several batches)."""
+        for name in (
+            "identities_added",
+            "clusters_touched",
+            "identities_changed",
+            "aliases_applied",
+            "aliases_refused",
+        ):
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.refused = (self.refused + other.refused)[:10]
+
     def metadata(self) -> dict[str, int]:
         return {
             "identities_added": self.identities_added,
