@@ -285,16 +285,23 @@ def _bronze_table(
 ) -> pa.Table:
     """The bronze rows of a chunk: provenance, typed fields, extras as JSON, key hashes."""
     indexes = good["file_index"].combine_chunks()
-    extras = good[feed.extras_column].combine_chunks()
+
+    def as_json(column: str) -> pa.Array:
+        # Parquet's JSON logical type, so DuckDB reads the column back as JSON
+        values = good[column].combine_chunks()
+        return pa.ExtensionArray.from_storage(pa.json_(values.type), values)
+
     columns = {
         "tenant_id": files.of(files.tenant, indexes),
         "source_uri": files.of(files.uri, indexes),
         "etag": files.of(files.etag, indexes),
         "landed_at": files.of(files.landed_at, indexes),
         "line_number": good["line_number"],
-        **{f.name: good[_bronze_value(f)] for f in feed.fields},
-        # Parquet's JSON logical type, so DuckDB reads the column back as JSON
-        feed.extras_column: pa.ExtensionArray.from_storage(pa.json_(extras.type), extras),
+        **{
+            f.name: as_json(f.name) if f.kind == "object" else good[_bronze_value(f)]
+            for f in feed.fields
+        },
+        feed.extras_column: as_json(feed.extras_column),
         **{h: good[h] for h in hashes},
     }
     return pa.table(columns)

@@ -264,6 +264,30 @@ def _cmd_identities(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_api(args: argparse.Namespace) -> int:
+    import secrets
+
+    import uvicorn
+
+    config = load_config(get_settings().config_path)  # an invalid ingest.yaml stops here
+    # Local upload URLs are signed; every worker must know the key. Not configured: one key
+    # for this start, passed to the workers through the environment (never a file).
+    os.environ.setdefault(config.api.signing_key_env, secrets.token_urlsafe(32))
+    host = args.host or os.environ.get("INGEST_API_HOST", "127.0.0.1")
+    port = args.port or int(os.environ.get("INGEST_API_PORT", "8000"))
+    uvicorn.run(
+        "ingest_pipeline.api.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        log_level=args.log_level,
+        # a request's header and query are logged, never its x-api-key header
+        access_log=not args.no_access_log,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest-pipeline",
@@ -309,6 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild", help="recompute identities from scratch from the aliases table"
     )
     rebuild.set_defaults(func=_cmd_identities)
+    api = sub.add_parser("api", help="start the Ingestion API (FastAPI under uvicorn)")
+    api.add_argument("--host", help="default: INGEST_API_HOST or 127.0.0.1")
+    api.add_argument("--port", type=int, help="default: INGEST_API_PORT or 8000")
+    api.add_argument("--workers", type=int, default=1, help="worker processes")
+    api.add_argument("--log-level", default="info")
+    api.add_argument("--no-access-log", action="store_true", help="no line per request")
+    api.set_defaults(func=_cmd_api)
     return parser
 
 

@@ -28,8 +28,65 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+_ENV_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+
+
+def _env_names(values: list[str]) -> list[str]:
+    for value in values:
+        if not re.fullmatch(_ENV_NAME, value):
+            raise ValueError(
+                f"{value!r} must be the name of an environment variable (letters, digits, '_')"
+            )
+    return values
+
+
 class TenantConfig(_Strict):
+    """A tenant: its Ingestion API keys, each read from the environment variable named here
+    (several at once: a new key is added, clients move to it, the old one is removed)."""
+
     api_key_env: str | None = None
+    api_key_envs: list[str] = []
+
+    @field_validator("api_key_envs")
+    @classmethod
+    def _envs(cls, value: list[str]) -> list[str]:
+        return _env_names(value)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        return None if value is None else _env_names([value])[0]
+
+    def key_envs(self) -> list[str]:
+        names = [self.api_key_env] if self.api_key_env else []
+        return names + [n for n in self.api_key_envs if n not in names]
+
+
+class RateLimitConfig(_Strict):
+    """A token bucket per API key: `per_second` requests on average, bursts of `burst`."""
+
+    per_second: float = Field(gt=0)
+    burst: int = Field(default=0, ge=0)  # 0: one second's worth
+
+
+class ApiConfig(_Strict):
+    """The Ingestion API (SPEC section 5)."""
+
+    max_json_bytes: int = Field(default=1024 * 1024, ge=1)  # upload-json, decompressed
+    max_upload_bytes: int = Field(default=2 * 1024**3, ge=1)  # presigned uploads
+    upload_url_expiry_seconds: int = Field(default=3600, ge=1, le=7 * 24 * 3600)
+    rate_limit: RateLimitConfig | None = None  # off by default
+    # The secret that signs the local PUT URLs (local landing folder); unset, `ingest-pipeline
+    # api` makes a random one per start (URLs it gave die with it).
+    signing_key_env: str = "INGEST_API_SIGNING_KEY"
+    # Base of the upload URLs the service gives for a local landing folder; default: the URL
+    # the request came to.
+    public_url: str | None = None
+
+    @field_validator("signing_key_env")
+    @classmethod
+    def _env(cls, value: str) -> str:
+        return _env_names([value])[0]
 
 
 OnError = Literal["continue", "skip_file", "abort"]
@@ -275,6 +332,7 @@ class IngestConfig(_Strict):
     flows: list[FlowConfig] = []
     imports: list[ImportConfig] = []
     identity: IdentityConfig = IdentityConfig()
+    api: ApiConfig = ApiConfig()
 
     def policy(self, feed: str) -> FeedPolicy:
         return self.feeds.get(feed, FeedPolicy())
@@ -331,6 +389,13 @@ def segment_sql_problem(sql: str) -> str | None:
 def _cross_checks(config: IngestConfig, known_feeds: set[str]) -> list[str]:
     problems = []
     tenants = set(config.tenants) | {"default"}
+    for name in config.tenants:
+        # A tenant's name is a folder of the API's file keys (tenant=<name>).
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            problems.append(
+                f"tenants.{name}: a tenant name is 1-64 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit"
+            )
     for name in config.feeds:
         if name not in known_feeds:
             problems.append(

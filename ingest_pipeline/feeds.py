@@ -6,10 +6,13 @@ means adding a `FeedSpec`, not copying another feed's code.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
-from typing import Literal
+import re
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
 
-FieldKind = Literal["string", "email", "unix_seconds", "timestamp", "boolean", "number", "identity"]
+FieldKind = Literal[
+    "string", "email", "unix_seconds", "timestamp", "boolean", "number", "identity", "object"
+]
 
 # Identities that stand for nobody in particular: merging people on them would fuse strangers.
 # Compared trimmed and case-folded; `ingest.yaml` `identity.placeholders` replaces the list.
@@ -34,6 +37,9 @@ class FieldSpec:
     name: str
     kind: FieldKind = "string"
     required: bool = True
+    # The only value the field may have (the API records' `type`), compared as sent.
+    const: str | None = None
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -102,6 +108,14 @@ class FeedSpec:
     # `identities`, a cluster of one until an alias joins it to others.
     identity_columns: tuple[str, ...] = ()
     placeholder_identities: tuple[str, ...] = DEFAULT_PLACEHOLDER_IDENTITIES
+    # The channel: whose tenant a file is. "setting": INGEST_TENANT's; "key": the `tenant=<name>`
+    # folder of the file's key (the Ingestion API's layout, `api_key_layout`).
+    tenant_from: Literal["setting", "key"] = "setting"
+    # JSON types are part of the rules (a string field given a number is refused): the feed's
+    # records are the documents of its JSON Schema (api/schemas.py), which also refuses keys
+    # the feed does not declare. Flat-file feeds take any scalar as text.
+    strict_json: bool = False
+    example: dict[str, Any] = field(default_factory=dict)  # one valid record, for the docs
 
     @property
     def field_names(self) -> list[str]:
@@ -290,8 +304,203 @@ KISSMETRICS = FeedSpec(
     ),
 )
 
+
+# --- Ingestion API streams (SPEC sections 3.3 and 5) ------------------------------------------
+# Each stream is a feed whose records are the documents of its JSON Schema, which is generated
+# from this declaration (api/schemas.py): the API checks uploads with the schema, the pipeline
+# checks the files' lines with the row rules of the same fields.
+
+API_PREFIX = "data/tenants/objects/"
+API_SOURCE_SYSTEM = "dataapi"
+API_STREAM_NAMES = ("contact_event", "account_event", "contact", "account")
+# data/tenants/objects/<stream>/source_system=dataapi/tenant=<tenant>/dt=<YYYY-MM-DD-HH-MM>/<uuid>.jsonl[.gz]
+API_KEY_LAYOUT = re.compile(
+    r"data/tenants/objects/(?P<stream>contact_event|account_event|contact|account)/"
+    r"source_system=dataapi/tenant=(?P<tenant>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
+    r"dt=(?P<dt>\d{4}-\d{2}-\d{2}-\d{2}-\d{2})/"
+    r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl(?P<gz>\.gz)?"
+)
+_NO_UNKNOWN_KEYS = RecordRule(
+    "no_unknown_keys",
+    "coalesce(unknown_keys::VARCHAR, '{}') = '{}'",
+    "has keys the stream's schema does not declare (see GET /ingestion/schemas/<stream>): put "
+    "custom data in the record's *_properties object",
+)
+
+
+def _api_stream(
+    name: str,
+    fields: tuple[FieldSpec, ...],
+    targets: tuple[TargetSpec, ...],
+    *,
+    description: str,
+    example: dict[str, Any],
+    identity_columns: tuple[str, ...] = (),
+    dedupe_key: tuple[str, ...] | None = None,
+) -> FeedSpec:
+    kind = FieldSpec("type", const=name, required=False, description=f"always {name!r}")
+    return FeedSpec(
+        name=name,
+        landing_prefix=f"{API_PREFIX}{name}/",
+        description=description,
+        fields=(kind, *fields),
+        extras_column="unknown_keys",
+        record_rules=(_NO_UNKNOWN_KEYS,),
+        targets=targets,
+        identity_columns=identity_columns,
+        dedupe_key=dedupe_key,
+        tenant_from="key",
+        strict_json=True,
+        example=example,
+    )
+
+
+def _event_fields(key: str, whose: str) -> tuple[FieldSpec, ...]:
+    return (
+        FieldSpec(key, "identity", description=f"the {whose}'s id"),
+        FieldSpec("event_name", description="what happened, e.g. 'signed_up'"),
+        FieldSpec("event_timestamp", "unix_seconds", description="when, in Unix seconds"),
+        FieldSpec("event_properties", "object", required=False, description="anything else"),
+    )
+
+
+CONTACT_EVENT = _api_stream(
+    "contact_event",
+    _event_fields("contact_id", "person"),
+    (
+        TargetSpec(
+            table="events",
+            key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
+            mode="row",
+            within_file="first",
+            prune_column="event_timestamp",
+            columns=with_provenance(
+                contact_key="contact_id",
+                event_text="event_name",
+                event_timestamp="event_timestamp",
+                properties="event_properties",
+            ),
+        ),
+    ),
+    description="API stream: an action or behaviour of a person (e.g. 'signed_up').",
+    example={
+        "type": "contact_event",
+        "contact_id": "user-42",
+        "event_name": "signed_up",
+        "event_timestamp": 1751012665,
+        "event_properties": {"plan": "trial", "source": "webinar"},
+    },
+    identity_columns=("contact_id",),
+    dedupe_key=("contact_id", "event_name", "event_timestamp"),
+)
+ACCOUNT_EVENT = _api_stream(
+    "account_event",
+    _event_fields("account_id", "account"),
+    (
+        TargetSpec(
+            table="account_events",
+            key=("tenant_id", "account_key", "event_text", "event_timestamp"),
+            mode="row",
+            within_file="first",
+            prune_column="event_timestamp",
+            columns=with_provenance(
+                account_key="account_id",
+                event_text="event_name",
+                event_timestamp="event_timestamp",
+                properties="event_properties",
+            ),
+        ),
+    ),
+    description="API stream: an action or behaviour of a company (e.g. 'new funding round').",
+    example={
+        "type": "account_event",
+        "account_id": "acme-corp",
+        "event_name": "new_funding_round",
+        "event_timestamp": 1751012665,
+        "event_properties": {"amount": 25000000, "series": "B"},
+    },
+    dedupe_key=("account_id", "event_name", "event_timestamp"),
+)
+CONTACT = _api_stream(
+    "contact",
+    (
+        FieldSpec("contact_id", "identity", description="the person's id"),
+        FieldSpec("email", "email", required=False, description="the person's e-mail address"),
+        FieldSpec("contact_properties", "object", required=False, description="attributes"),
+    ),
+    (
+        TargetSpec(
+            table="contacts",
+            key=("tenant_id", "contact_key"),
+            mode="attributes",
+            attributes_from="contact_properties",
+            columns={"tenant_id": "tenant_id", "contact_key": "contact_id", "email": "email"},
+        ),
+    ),
+    description="API stream: an update of a person's attributes.",
+    example={
+        "type": "contact",
+        "contact_id": "user-42",
+        "email": "ada@acme.com",
+        "contact_properties": {"first_name": "Ada", "title": "CTO"},
+    },
+    identity_columns=("contact_id",),
+)
+ACCOUNT = _api_stream(
+    "account",
+    (
+        FieldSpec("account_id", "identity", description="the account's id"),
+        FieldSpec("domain", required=False, description="the company's web domain"),
+        FieldSpec("account_properties", "object", required=False, description="attributes"),
+    ),
+    (
+        TargetSpec(
+            table="accounts",
+            key=("tenant_id", "account_key"),
+            mode="attributes",
+            attributes_from="account_properties",
+            columns={"tenant_id": "tenant_id", "account_key": "account_id", "domain": "domain"},
+            promoted=("domain",),
+        ),
+    ),
+    description="API stream: an update of a company's attributes.",
+    example={
+        "type": "account",
+        "account_id": "acme-corp",
+        "domain": "acme.com",
+        "account_properties": {"name": "Acme Corporation", "industry": "Technology"},
+    },
+)
+API_STREAMS: dict[str, FeedSpec] = {
+    f.name: f for f in (CONTACT_EVENT, ACCOUNT_EVENT, CONTACT, ACCOUNT)
+}
+
 FLAT_FILE_FEEDS: dict[str, FeedSpec] = {f.name: f for f in (IDENTIFY, TRACK, GROUP, CRM)}
-FEEDS: dict[str, FeedSpec] = {**FLAT_FILE_FEEDS, KISSMETRICS.name: KISSMETRICS}
+FEEDS: dict[str, FeedSpec] = {**FLAT_FILE_FEEDS, KISSMETRICS.name: KISSMETRICS, **API_STREAMS}
+
+
+def tenant_of(feed: FeedSpec, key: str, default: str) -> str | None:
+    """Whose file the landed `key` is: `default` (INGEST_TENANT) for the feeds whose tenant is a
+    setting; the key's `tenant=` folder for the API streams, None when the key does not follow
+    their layout (the file then fails with key_problem's reason)."""
+    if feed.tenant_from == "setting":
+        return default
+    match = API_KEY_LAYOUT.fullmatch(key)
+    if match is None or match["stream"] != feed.name:
+        return None
+    return match["tenant"]
+
+
+def key_problem(feed: FeedSpec, key: str) -> str | None:
+    """Why a file at `key` cannot be the feed's, or None."""
+    if feed.tenant_from == "key" and tenant_of(feed, key, "") is None:
+        return (
+            "the file's key does not follow the Ingestion API layout "
+            f"{API_PREFIX}{feed.name}/source_system={API_SOURCE_SYSTEM}/tenant=<tenant>/"
+            "dt=<YYYY-MM-DD-HH-MM>/<uuid>.jsonl[.gz], so whose file it is is unknown: upload it "
+            "through the API"
+        )
+    return None
 
 
 def configured(feed: FeedSpec, placeholders: tuple[str, ...] | None) -> FeedSpec:

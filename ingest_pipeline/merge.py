@@ -220,7 +220,9 @@ def entity_columns(table: str) -> tuple[list[str], list[str]]:
             if t.mode == "attributes" and t.table == table:
                 declared += [c for c in t.columns if c not in t.key and c not in declared]
                 promoted += [c for c in t.promoted if c not in promoted]
-    return declared, promoted
+    # A column one feed declares and another promotes (an account's domain: a field of the API
+    # stream, an attribute of group files) is promoted: kept in the attributes JSON too.
+    return [c for c in declared if c not in promoted], promoted
 
 
 def _merge_attributes(con: duckdb.DuckDBPyConnection, target: TargetSpec, batch: str) -> None:

@@ -124,7 +124,7 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
-def _json_path(name: str) -> str:
+def json_path(name: str) -> str:
     return '$."' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
@@ -223,7 +223,7 @@ def _ndjson_sql(feed: FeedSpec, lines: str, file_index: str = "0::INTEGER") -> s
     (quarantine_raw). The common case, a valid JSON object, is tested first and alone.
     """
     fields = feed.field_names
-    paths = "[" + ", ".join(sql_str(_json_path(f)) for f in fields) + "]"
+    paths = "[" + ", ".join(sql_str(json_path(f)) for f in fields) + "]"
     field_cols = ",\n".join(
         f"CASE WHEN error IS NULL THEN extracted[{i + 1}] END AS {ident(f)}"
         for i, f in enumerate(fields)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ingest_pipeline.feeds import MAX_IDENTITY_CHARS, FeedSpec, FieldSpec
-from ingest_pipeline.parsing import ident, sql_str
+from ingest_pipeline.parsing import ident, json_path, sql_str
 
 if TYPE_CHECKING:
     import pandas
@@ -93,9 +93,64 @@ def _says(*parts: str) -> str:
 
 
 def text_column(field: FieldSpec) -> str:
-    """An identity field's text as sent (untrimmed, empty kept): a blank identity is a
-    placeholder, not an absent one."""
+    """An identity (or constant) field's text as sent (untrimmed, empty kept): a blank identity
+    is a placeholder, not an absent one."""
     return f"{field.name}__text"
+
+
+def json_type_column(field: FieldSpec) -> str:
+    """Strict-JSON feeds: the JSON type of the field's value (DuckDB's json_type: VARCHAR,
+    BIGINT, UBIGINT, DOUBLE, BOOLEAN, OBJECT, ARRAY, 'NULL'; SQL NULL when absent)."""
+    return f"{field.name}__json"
+
+
+# The JSON types each kind takes in a strict-JSON feed (api/schemas.py says the same in JSON
+# Schema: string, number, boolean, object).
+_NUMBER = ("UBIGINT", "BIGINT", "DOUBLE")
+JSON_TYPES: dict[str, tuple[str, ...]] = {
+    "string": ("VARCHAR",),
+    "identity": ("VARCHAR",),
+    "email": ("VARCHAR",),
+    "unix_seconds": _NUMBER,
+    "number": _NUMBER,
+    "boolean": ("BOOLEAN",),
+    "timestamp": ("VARCHAR", *_NUMBER),
+    "object": ("OBJECT",),
+}
+_JSON_TYPE_NAMES = {
+    "string": "a string",
+    "identity": "a string",
+    "email": "a string",
+    "unix_seconds": "a number",
+    "number": "a number",
+    "boolean": "true or false",
+    "timestamp": "a string or a number",
+    "object": "an object",
+}
+
+
+def _json_type_rule(field: FieldSpec) -> RowRule:
+    column = ident(json_type_column(field))
+    allowed = ", ".join(sql_str(t) for t in (*JSON_TYPES[field.kind], "NULL"))
+    return RowRule(
+        f"{field.name}:json_type",
+        f"{column} IS NULL OR {column} IN ({allowed})",
+        _says(
+            f"field '{field.name}' must be {_JSON_TYPE_NAMES[field.kind]}, got ",
+            f"CASE {column} WHEN 'VARCHAR' THEN 'a string' WHEN 'OBJECT' THEN 'an object' "
+            f"WHEN 'ARRAY' THEN 'an array' WHEN 'BOOLEAN' THEN 'a boolean' ELSE 'a number' END",
+        ),
+    )
+
+
+def _const_rule(field: FieldSpec) -> RowRule:
+    assert field.const is not None
+    text = ident(text_column(field))
+    return RowRule(
+        f"{field.name}:const",
+        f"{text} IS NULL OR {text} = {sql_str(field.const)}",
+        _says(f"field '{field.name}' must be '{field.const}', got ", _quoted(text)),
+    )
 
 
 def _identity_rules(field: FieldSpec, placeholders: tuple[str, ...]) -> list[RowRule]:
@@ -138,6 +193,20 @@ def _identity_rules(field: FieldSpec, placeholders: tuple[str, ...]) -> list[Row
 
 
 def _rules_for(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
+    # A value of the wrong JSON type is told that alone: its text says nothing more.
+    typed = [_json_type_rule(field)] if feed.strict_json else []
+    if field.const is not None:
+        typed.append(_const_rule(field))
+    if feed.strict_json:
+        json_ok = f"({typed[0].passes})"
+        return typed + [
+            RowRule(r.name, f"NOT {json_ok} OR ({r.passes})", r.reason)
+            for r in _value_rules(field, feed)
+        ]
+    return typed + _value_rules(field, feed)
+
+
+def _value_rules(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
     name = field.name
     if field.kind == "identity":
         return _identity_rules(field, feed.placeholder_identities)
@@ -225,8 +294,13 @@ def _validation_columns(feed: FeedSpec) -> dict[str, str]:
         columns[field.name] = f"nullif(trim({ident(field.name)}), '')"
         if field.kind in TYPE_NAMES:
             columns[typed_column(field)] = typed_sql(field)
-        if field.kind == "identity":
+        if field.kind == "identity" or field.const is not None:
             columns[text_column(field)] = ident(field.name)
+        if feed.strict_json:
+            # `raw` is the line's JSON text (strict-JSON feeds take JSON lines only, key_problem)
+            columns[json_type_column(field)] = (
+                f"CASE WHEN error IS NULL THEN json_type(raw, {sql_str(json_path(field.name))}) END"
+            )
     if feed.record_rules:  # they may look at the extras
         columns[feed.extras_column] = ident(feed.extras_column)
     return columns

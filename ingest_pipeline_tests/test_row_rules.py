@@ -100,6 +100,8 @@ def test_pandera_schema_fails_the_rows_the_bronze_pass_quarantines(
         {"line_number": list(range(1, len(records) + 1))}
         | {n: pa.array([r[n] for r in records], pa.string()) for n in names}
         | {feed.extras_column: pa.array(["{}"] * len(records), pa.string())}
+        # strict-JSON feeds read the JSON types off the line itself
+        | {"raw": pa.array(lines, pa.string()), "error": pa.nulls(len(records), pa.string())}
     )
     con = duckdb.connect()
     con.register("texts", texts)

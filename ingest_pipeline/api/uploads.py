@@ -1,0 +1,221 @@
+"""Where the Ingestion API puts files, and the confirmation gate. Nothing here knows about HTTP.
+
+Keys (relative to the landing root):
+  * `data/tenants/objects/<stream>/source_system=dataapi/tenant=<tenant>/dt=<YYYY-MM-DD-HH-MM>/
+    <uuid>.jsonl[.gz]` (feeds.API_KEY_LAYOUT): the file key a client is given, and the only
+    place the API streams' sensors look. An upload-json file is written there directly.
+  * `data/tenants/uploads/...` (same tail): where a presigned upload lands. Confirming the upload
+    moves it to its file key (a rename in a folder, a server-side copy in S3), so a file is
+    under `objects/` only once it is confirmed: the sensor never sees an unconfirmed upload,
+    however long it waits, and a file confirmed late appears as newly landed (discovery's time
+    window starts at the confirmation).
+  * `data/tenants/idempotency/tenant=<tenant>/<sha256 of the Idempotency-Key>.json`: the first
+    answer to an upload-json request sent with that key.
+
+Every write is atomic (readers see the whole object or none): a hidden temporary file, synced
+and renamed, in a folder; one PUT in S3.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ingest_pipeline.feeds import API_KEY_LAYOUT, API_PREFIX, API_SOURCE_SYSTEM
+from ingest_pipeline.landing import LandedObject, LandingZone, LocalLanding, S3Landing, join_key
+
+STAGING_PREFIX = "data/tenants/uploads/"
+IDEMPOTENCY_PREFIX = "data/tenants/idempotency/"
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+@dataclass(frozen=True)
+class FileKey:
+    key: str
+    stream: str
+    tenant: str
+    gzipped: bool
+
+    @property
+    def staging_key(self) -> str:
+        return STAGING_PREFIX + self.key.removeprefix(API_PREFIX)
+
+
+def new_file_key(stream: str, tenant: str, at: datetime, *, gzipped: bool) -> FileKey:
+    key = (
+        f"{API_PREFIX}{stream}/source_system={API_SOURCE_SYSTEM}/tenant={tenant}/"
+        f"dt={at.astimezone(UTC):%Y-%m-%d-%H-%M}/{uuid.uuid4()}.jsonl{'.gz' if gzipped else ''}"
+    )
+    parsed = parse_file_key(key)
+    assert parsed is not None, key
+    return parsed
+
+
+def parse_file_key(key: str) -> FileKey | None:
+    """The file key's parts, or None when it is not a key the API gives (path tricks, other
+    prefixes, other extensions)."""
+    match = API_KEY_LAYOUT.fullmatch(key)
+    if match is None:
+        return None
+    return FileKey(key, match["stream"], match["tenant"], bool(match["gz"]))
+
+
+def idempotency_key(tenant: str, client_key: str) -> str:
+    digest = hashlib.sha256(client_key.encode("utf-8", "surrogatepass")).hexdigest()
+    return f"{IDEMPOTENCY_PREFIX}tenant={tenant}/{digest}.json"
+
+
+def sign_local_put(
+    secret: bytes, file_key: str, expires: int, content_type: str, content_encoding: str
+) -> str:
+    """The signature of a local PUT URL: what it may write, until when, with which headers."""
+    message = f"PUT\n{file_key}\n{expires}\n{content_type}\n{content_encoding}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+class UploadStore:
+    """The landing zone as the API uses it."""
+
+    def __init__(self, landing: LandingZone) -> None:
+        self.landing = landing
+
+    @property
+    def is_local(self) -> bool:
+        return isinstance(self.landing, LocalLanding)
+
+    def local_path(self, key: str) -> Path:
+        assert isinstance(self.landing, LocalLanding)
+        return self.landing._path(key)  # checks the key cannot escape the root
+
+    def stat(self, key: str) -> LandedObject | None:
+        return self.landing.stat(key)
+
+    def write(self, key: str, body: bytes) -> None:
+        """Write `body` at `key`, durably (synced before the rename) and atomically."""
+        if isinstance(self.landing, LocalLanding):
+            path = self.local_path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, path)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            _sync_folder(path.parent)
+        else:
+            self.landing.put(key, body)
+
+    def create(self, key: str, body: bytes) -> bool:
+        """Write `body` at `key` unless something is there already; False if it was."""
+        if isinstance(self.landing, LocalLanding):
+            path = self.local_path(key)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            try:
+                with open(tmp, "wb") as out:
+                    out.write(body)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.link(tmp, path)  # fails if the key exists: atomic create-if-absent
+            except FileExistsError:
+                return False
+            finally:
+                tmp.unlink(missing_ok=True)
+            _sync_folder(path.parent)
+            return True
+        assert isinstance(self.landing, S3Landing)
+        try:
+            self.landing.client.put_object(
+                Bucket=self.landing.bucket,
+                Key=join_key(self.landing.prefix, key),
+                Body=body,
+                IfNoneMatch="*",
+            )
+        except self.landing.client.exceptions.ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("PreconditionFailed", "412"):
+                return False
+            raise
+        return True
+
+    def read_json(self, key: str) -> dict[str, Any] | None:
+        if isinstance(self.landing, LocalLanding):
+            try:
+                return json.loads(self.local_path(key).read_bytes())
+            except FileNotFoundError:
+                return None
+        assert isinstance(self.landing, S3Landing)
+        try:
+            response = self.landing.client.get_object(
+                Bucket=self.landing.bucket, Key=join_key(self.landing.prefix, key)
+            )
+        except self.landing.client.exceptions.NoSuchKey:
+            return None
+        return json.loads(response["Body"].read())
+
+    def head_bytes(self, key: str, count: int) -> bytes:
+        if isinstance(self.landing, LocalLanding):
+            with open(self.local_path(key), "rb") as f:
+                return f.read(count)
+        assert isinstance(self.landing, S3Landing)
+        response = self.landing.client.get_object(
+            Bucket=self.landing.bucket,
+            Key=join_key(self.landing.prefix, key),
+            Range=f"bytes=0-{count - 1}",
+        )
+        return response["Body"].read()
+
+    def move(self, source: str, dest: str) -> None:
+        """Move the object at `source` to `dest` (confirmation): atomic for readers of `dest`."""
+        if isinstance(self.landing, LocalLanding):
+            target = self.local_path(dest)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self.local_path(source), target)
+            _sync_folder(target.parent)
+            return
+        assert isinstance(self.landing, S3Landing)
+        client, bucket = self.landing.client, self.landing.bucket
+        # One server-side copy (objects up to 5 GB; uploads are at most 2 GB), then the
+        # staging copy goes; if the process dies in between, the copy at `dest` is what counts.
+        client.copy_object(
+            Bucket=bucket,
+            Key=join_key(self.landing.prefix, dest),
+            CopySource={"Bucket": bucket, "Key": join_key(self.landing.prefix, source)},
+        )
+        client.delete_object(Bucket=bucket, Key=join_key(self.landing.prefix, source))
+
+    def presign_put(
+        self, key: str, content_type: str, content_encoding: str, expires_in: int
+    ) -> str:
+        """A presigned S3 PUT URL for `key`, its content type and encoding signed."""
+        assert isinstance(self.landing, S3Landing)
+        return self.landing.client.generate_presigned_url(
+            "put_object",
+            Params={
+                "Bucket": self.landing.bucket,
+                "Key": join_key(self.landing.prefix, key),
+                "ContentType": content_type,
+                "ContentEncoding": content_encoding,
+            },
+            ExpiresIn=expires_in,
+            HttpMethod="PUT",
+        )
+
+
+def _sync_folder(folder: Path) -> None:
+    """The rename itself survives a power cut once its folder is synced."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
