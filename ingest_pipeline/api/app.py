@@ -4,7 +4,6 @@
 import): `ingest-pipeline api` runs it under uvicorn (`factory=True`), one app per worker.
 """
 
-
 import hashlib
 import hmac
 import json
@@ -415,7 +414,9 @@ def create_app(config: IngestConfig | None = None, settings: Settings | None = N
         },
     }
 
-    @app.post("/ingestion/confirm-upload", summary="Confirm an upload: it is ingested", **confirm_doc)
+    @app.post(
+        "/ingestion/confirm-upload", summary="Confirm an upload: it is ingested", **confirm_doc
+    )
     async def confirm_upload(body: ConfirmRequest, who: Authorized) -> dict[str, str]:
         return await run_in_threadpool(_confirm, service, own_key(body.file_key, who))
 
