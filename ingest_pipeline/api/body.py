@@ -49,10 +49,15 @@ class BodyLimit:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > limit:
-                    raise HTTPException(413, _too_large_text(limit))
+                    raise HTTPException(413, _too_large_text(limit), headers=CLOSE)
             return message
 
         await self.app(scope, limited, send)
+
+
+# An answer given before the body was read closes the connection: the client stops sending
+# (without it, the server would read and drop the rest of the body to keep the connection).
+CLOSE = {"Connection": "close"}
 
 
 def _too_large_text(limit: int) -> str:
@@ -60,7 +65,7 @@ def _too_large_text(limit: int) -> str:
 
 
 def too_large(limit: int) -> JSONResponse:
-    return JSONResponse({"detail": _too_large_text(limit)}, status_code=413)
+    return JSONResponse({"detail": _too_large_text(limit)}, status_code=413, headers=CLOSE)
 
 
 async def read_json_body(request: Request, limit: int) -> bytes:
@@ -77,10 +82,14 @@ async def read_json_body(request: Request, limit: int) -> bytes:
             else:
                 out += inflater.decompress(chunk, limit + 1 - len(out))
                 if inflater.unconsumed_tail:  # more would come out than the limit allows
-                    raise HTTPException(413, _too_large_text(limit) + " once decompressed")
+                    raise HTTPException(
+                        413, _too_large_text(limit) + " once decompressed", headers=CLOSE
+                    )
             if len(out) > limit:
                 raise HTTPException(
-                    413, _too_large_text(limit) + (" once decompressed" if inflater else "")
+                    413,
+                    _too_large_text(limit) + (" once decompressed" if inflater else ""),
+                    headers=CLOSE,
                 )
     except zlib.error as exc:
         raise HTTPException(400, f"the body is not valid gzip ({exc})") from None
