@@ -353,6 +353,10 @@ FIRST = {
         {"_p": "c1", "_t": 1700000000, "plan": "free"},
         {"_p": "c1", "_p2": "k1", "_t": 1700000000},
     ],
+    "contact_event": [{"contact_id": "c1", "event_name": "api", "event_timestamp": 1700000000}],
+    "account_event": [{"account_id": "a1", "event_name": "funded", "event_timestamp": 1700000000}],
+    "contact": [{"contact_id": "c1", "email": "c@x.io", "contact_properties": {"plan": "api"}}],
+    "account": [{"account_id": "a1", "domain": "a.com", "account_properties": {"tier": "x"}}],
 }
 SECOND = {
     "track": [event("c1", 1700000000, v=2), event("c2", 1700000001)],
@@ -364,6 +368,13 @@ SECOND = {
         {"_p": "c2", "_p2": "k1", "_t": 1700000009},
         {"_p": "c2", "_n": "paid", "_t": 1700000009},
     ],
+    "contact_event": [
+        {"contact_id": "c1", "event_name": "api", "event_timestamp": 1700000000},
+        {"contact_id": "c2", "event_name": "api", "event_timestamp": 1700000001},
+    ],
+    "account_event": [{"account_id": "a2", "event_name": "funded", "event_timestamp": 1700000000}],
+    "contact": [{"contact_id": "c1", "contact_properties": {"plan": "api2", "seats": 3}}],
+    "account": [{"account_id": "a1", "domain": "b.com"}],
 }
 
 
@@ -371,8 +382,14 @@ def test_a_merge_failing_midway_changes_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     h0 = Harness(tmp_path / "parse")
-    first = [h0.parse(Landed(f"{n}/first.jsonl", ndjson(rows), at(0))) for n, rows in FIRST.items()]
-    second_files = [Landed(f"{n}/second.jsonl", ndjson(rows), at(10)) for n, rows in SECOND.items()]
+    first = [
+        h0.parse(Landed(f"{FEEDS[n].landing_prefix}first.jsonl", ndjson(rows), at(0)))
+        for n, rows in FIRST.items()
+    ]
+    second_files = [
+        Landed(f"{FEEDS[n].landing_prefix}second.jsonl", ndjson(rows), at(10))
+        for n, rows in SECOND.items()
+    ]
     second = [h0.parse(f) for f in second_files]
     reference = Harness(tmp_path / "reference")
     reference.replay(first)
