@@ -124,7 +124,9 @@ def test_schema_and_row_rules_agree_on_every_record(
     ).map(
         lambda change: {k: v for k, v in {**base, change[0]: change[1]}.items() if v is not ABSENT}
     )
-    records = data.draw(st.lists(st.one_of(one_change, _record_strategy(feed)), min_size=20, max_size=60))
+    records = data.draw(
+        st.lists(st.one_of(one_change, _record_strategy(feed)), min_size=20, max_size=60)
+    )
     by_pipeline = _verdicts_of_pipeline(feed, records, tmp_path_factory.mktemp("parity"))
     by_schema = [validator.is_valid(r) for r in records]
     disagreements = [

@@ -31,7 +31,11 @@ DEADLINE_SECONDS = 240
 
 def _events(i: int, n: int, prefix: str) -> list[dict[str, Any]]:
     return [
-        {"contact_id": f"{prefix}-{k}", "event_name": "opened", "event_timestamp": 1_700_000_000 + k}
+        {
+            "contact_id": f"{prefix}-{k}",
+            "event_name": "opened",
+            "event_timestamp": 1_700_000_000 + k,
+        }
         for k in range(i, i + n)
     ]
 
@@ -109,6 +113,7 @@ def test_presigned_upload_confirmed_is_ingested_by_the_daemon_unconfirmed_never(
         running_api(landing_url, wh_path) as api,
         running_daemon(tmp_path, env) as daemon,
     ):
+
         def url_for(stream: str) -> dict[str, Any]:
             response = httpx.post(
                 f"{api.url}/ingestion/generate-upload-url",
