@@ -571,3 +571,33 @@ def test_upload_url_refuses_an_unknown_stream_or_content_type(api: RunningApi) -
     assert bad.status_code == 422 and bad.json()["detail"][0]["path"] == "/content_type"
     assert httpx.post(url, json={"stream": "account"}, headers=ACME).status_code == 200
     assert files_under(api.landing_url) == []
+
+
+def test_the_readme_examples_work(api: RunningApi) -> None:
+    import re
+
+    import yaml
+
+    from ingest_pipeline.config import parse_config
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Ingestion API") :]
+    section = section[: section.index("\n## ", 5)]
+    config_text = section[
+        section.index("```yaml") + 7 : section.index("```", section.index("```yaml") + 7)
+    ]
+    assert parse_config(yaml.safe_load(config_text)).tenants["acme"].key_envs() == [
+        "ACME_API_KEY",
+        "ACME_API_KEY_NEXT",
+    ]
+    bodies = re.findall(r"-d '(\{.*?\})'", section, flags=re.S)
+    assert len(bodies) == 2
+    sent = post_json(api, json.loads(bodies[0]))
+    assert sent.status_code == 200, sent.text
+    url = httpx.post(
+        f"{api.url}/ingestion/generate-upload-url", json=json.loads(bodies[1]), headers=ACME
+    )
+    assert url.status_code == 200
+    start_sh = (Path(__file__).resolve().parent.parent / "scripts" / "start.sh").read_text()
+    first = re.search(r"-d '(\{.*?\})'", start_sh, flags=re.S)
+    assert first and post_json(api, json.loads(first.group(1))).status_code == 200
