@@ -601,3 +601,49 @@ def test_the_readme_examples_work(api: RunningApi) -> None:
     start_sh = (Path(__file__).resolve().parent.parent / "scripts" / "start.sh").read_text()
     first = re.search(r"-d '(\{.*?\})'", start_sh, flags=re.S)
     assert first and post_json(api, json.loads(first.group(1))).status_code == 200
+
+
+def test_concurrent_uploads_are_each_written_whole_once(api: RunningApi) -> None:
+    import asyncio
+
+    async def send_all() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=api.url, headers=ACME, timeout=60) as client:
+            return await asyncio.gather(
+                *(
+                    client.post(
+                        "/ingestion/upload-json",
+                        json={"stream": "contact_event", "data": [event(i), event(i + 1000)]},
+                    )
+                    for i in range(150)
+                )
+            )
+
+    responses = asyncio.run(send_all())
+    assert {r.status_code for r in responses} == {200}
+    keys = [r.json()["file_key"] for r in responses]
+    assert len(set(keys)) == 150
+    assert sorted(files_under(api.landing_url)) == sorted(keys)  # no temporary file left
+    seen = set()
+    for key in keys:
+        lines = (Path(api.landing_url) / key).read_text().splitlines()
+        records = [json.loads(line) for line in lines]
+        assert (
+            len(records) == 2
+            and records[1]["contact_id"] == f"user-{int(records[0]['contact_id'][5:]) + 1000}"
+        )
+        seen.add(records[0]["contact_id"])
+    assert len(seen) == 150
+
+
+def test_a_write_that_fails_is_a_503_and_leaves_nothing(
+    api: RunningApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ingest_pipeline.api.uploads as uploads
+
+    def full_disk(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(uploads.os, "fsync", full_disk)
+    response = post_json(api, {"stream": "account", "data": [account()]})
+    assert response.status_code == 503 and response.headers["Retry-After"]
+    assert files_under(api.landing_url) == []

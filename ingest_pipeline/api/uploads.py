@@ -18,10 +18,13 @@ and renamed, in a folder; one PUT in S3.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
 import os
+import threading
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -53,9 +56,7 @@ def new_file_key(stream: str, tenant: str, at: datetime, *, gzipped: bool) -> Fi
         f"{API_PREFIX}{stream}/source_system={API_SOURCE_SYSTEM}/tenant={tenant}/"
         f"dt={at.astimezone(UTC):%Y-%m-%d-%H-%M}/{uuid.uuid4()}.jsonl{'.gz' if gzipped else ''}"
     )
-    parsed = parse_file_key(key)
-    assert parsed is not None, key
-    return parsed
+    return FileKey(key, stream, tenant, gzipped)  # of the layout (test_api checks it parses)
 
 
 def parse_file_key(key: str) -> FileKey | None:
@@ -80,11 +81,114 @@ def sign_local_put(
     return hmac.new(secret, message, hashlib.sha256).hexdigest()
 
 
+class GroupCommit:
+    """Durable local writes at the price of a few fsyncs per batch, not two per file.
+
+    A request writes its temporary file and queues it; one thread takes whatever is queued,
+    fsyncs each file (on a journaling file system the first commit carries the others, so the
+    rest cost little), renames each into place, fsyncs each folder once, then answers every
+    request of the batch. Two fsyncs per file done by each request, one after the other, cap a
+    process at the file system's commit rate (~350 files/s here); batched, the cost is shared.
+    A file is renamed only once its data is on disk, so a crash never leaves a visible file
+    with partial content, and a request is answered only once its rename is on disk.
+    """
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[int, Path, Path, Any, Any]] = []
+        self._ready = threading.Condition()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fd: int, tmp: Path, path: Path, future: Any, loop: Any) -> None:
+        with self._ready:
+            self._queue.append((fd, tmp, path, future, loop))
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="group-commit", daemon=True)
+                self._thread.start()
+            self._ready.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+                batch, self._queue = self._queue, []
+            self._commit(batch)
+
+    @staticmethod
+    def _commit(batch: list[tuple[int, Path, Path, Any, Any]]) -> None:
+        errors: dict[int, BaseException] = {}
+        for i, (fd, tmp, path, _, _) in enumerate(batch):
+            try:
+                os.fsync(fd)
+                os.close(fd)
+                os.replace(tmp, path)
+            except OSError as exc:
+                errors[i] = exc
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+                tmp.unlink(missing_ok=True)
+        for folder in {
+            path.parent for i, (_, _, path, _, _) in enumerate(batch) if i not in errors
+        }:
+            try:
+                _sync_folder(folder)
+            except OSError as exc:
+                for i, (_, _, path, _, _) in enumerate(batch):
+                    if path.parent == folder:
+                        errors.setdefault(i, exc)
+        for i, (_, _, _, future, loop) in enumerate(batch):
+            loop.call_soon_threadsafe(_settle, future, errors.get(i))
+
+
+def _settle(future: Any, error: BaseException | None) -> None:
+    if future.done():  # the request was cancelled (client gone): its file stays written
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
 class UploadStore:
     """The landing zone as the API uses it."""
 
     def __init__(self, landing: LandingZone) -> None:
         self.landing = landing
+        self._folders: set[Path] = set()  # folders known to exist (a mkdir per write is slow)
+        self._group = GroupCommit()
+
+    async def write_local(self, key: str, body: bytes) -> None:
+        """`write`, for a local folder from the event loop: the file is written here, made
+        durable and renamed by the group commit, and this returns once that is done."""
+        path = self.local_path(key)
+        self._folder_of(path)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+        try:
+            fd = os.open(tmp, flags, 0o644)
+        except FileNotFoundError:  # the folder was removed since it was made
+            self._folders.discard(path.parent)
+            self._folder_of(path)
+            fd = os.open(tmp, flags, 0o644)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view) :]
+        except BaseException:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._group.submit(fd, tmp, path, future, loop)
+        await asyncio.shield(future)
+
+    def _folder_of(self, path: Path) -> None:
+        if path.parent not in self._folders:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if len(self._folders) > 10_000:
+                self._folders.clear()
+            self._folders.add(path.parent)
 
     @property
     def is_local(self) -> bool:
@@ -101,10 +205,16 @@ class UploadStore:
         """Write `body` at `key`, durably (synced before the rename) and atomically."""
         if isinstance(self.landing, LocalLanding):
             path = self.local_path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
+            self._folder_of(path)
             tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
             try:
-                with open(tmp, "wb") as out:
+                try:
+                    out = open(tmp, "wb")  # noqa: SIM115 - closed below
+                except FileNotFoundError:  # the folder was removed since it was made
+                    self._folders.discard(path.parent)
+                    self._folder_of(path)
+                    out = open(tmp, "wb")  # noqa: SIM115
+                with out:
                     out.write(body)
                     out.flush()
                     os.fsync(out.fileno())
