@@ -11,7 +11,8 @@ lower CPU priority than the API), both on this machine's 2 cores with the load g
 contact_id), for `--seconds`. wrk prints requests/s, latency percentiles and errors (any non-2xx
 answer is an error; there must be none).
 
-Then the clock runs from the end of the load until every record of every file the API wrote is in
+With `--pipeline after` the daemon starts only when the load ends (the API has the machine to
+itself, then the pipeline catches up). Then the clock runs from the end of the load until every record of every file the API wrote is in
 `events` (polled each second): the files under `data/tenants/objects/` are the ground truth (a
 request wrk cut at the end may have been written without being counted), 100 events each.
 
@@ -129,8 +130,9 @@ def run(args: argparse.Namespace, root: Path) -> dict:
                 break
             except httpx.HTTPError:
                 time.sleep(0.1)
-        site.start_daemon(args.settle)
-        if args.daemon_nice:
+        if args.pipeline == "during":
+            site.start_daemon(args.settle)
+        if args.daemon_nice and site.daemon is not None:
             # the batch side yields the CPU to the latency-sensitive API (its runs, started by
             # the daemon later, inherit the niceness)
             assert site.daemon is not None
@@ -145,6 +147,8 @@ def run(args: argparse.Namespace, root: Path) -> dict:
             check=True,
         )  # fmt: skip
         ended = time.monotonic()
+        if args.pipeline == "after":  # the API had the machine to itself; now the pipeline
+            site.start_daemon(0)
         line = next(x for x in load.stdout.splitlines() if x.startswith("RESULT "))
         wrk = json.loads(line.removeprefix("RESULT "))
         objects = root / "landing" / "data" / "tenants" / "objects" / "contact_event"
@@ -174,6 +178,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     errors = sum(wrk[k] for k in ("connect", "read", "write", "status", "timeout"))
     return {
         "seconds": round(seconds, 1),
+        "pipeline": args.pipeline,
         "daemon_nice": args.daemon_nice,
         "workers": args.workers,
         "connections": args.connections,
@@ -203,6 +208,12 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=20.0, help="daemon start-up wait, s")
     parser.add_argument("--timeout", type=float, default=600.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder")
+    parser.add_argument(
+        "--pipeline",
+        choices=["during", "after"],
+        default="during",
+        help="start the Dagster daemon before the load (default) or when it ends",
+    )
     parser.add_argument(
         "--daemon-nice",
         type=int,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import socket
 import time
 from collections.abc import Iterator
@@ -647,3 +648,45 @@ def test_a_write_that_fails_is_a_503_and_leaves_nothing(
     response = post_json(api, {"stream": "account", "data": [account()]})
     assert response.status_code == 503 and response.headers["Retry-After"]
     assert files_under(api.landing_url) == []
+
+
+def test_the_api_on_an_s3_landing_zone(
+    s3_bucket: tuple[Any, str], tmp_path: Path, key_env: None
+) -> None:
+    client, bucket = s3_bucket
+    with running_api(f"s3://{bucket}/drop", tmp_path / "w.duckdb") as api:
+
+        def objects() -> list[str]:
+            listed = client.list_objects_v2(Bucket=bucket).get("Contents", [])
+            return sorted(o["Key"] for o in listed)
+
+        body = {"stream": "account", "data": [account(1)]}
+        sent = post_json(api, body, {**ACME, "Idempotency-Key": "s3-1"})
+        assert sent.status_code == 200, sent.text
+        again = post_json(api, body, {**ACME, "Idempotency-Key": "s3-1"})
+        assert again.json() == sent.json()
+        key = sent.json()["file_key"]
+        stored = client.get_object(Bucket=bucket, Key=f"drop/{key}")["Body"].read()
+        assert json.loads(stored) == account(1)
+        assert [k for k in objects() if "/objects/" in k] == [f"drop/{key}"]
+        assert status(api, key).json()["status"] == "queued"
+        assert post_json(api, {"stream": "account", "data": [{}]}).status_code == 422
+
+        given = upload_url(api)
+        url = given["upload_url"]
+        assert url.startswith(os.environ["AWS_ENDPOINT_URL"]) and "uploads" in url
+        data = jsonl_gz([event(1)])
+        assert put(url, data).status_code == 200
+        assert status(api, given["file_key"]).json()["status"] == "awaiting confirmation"
+        assert confirm(api, given["file_key"], GLOBEX).status_code == 404
+        assert confirm(api, given["file_key"]).status_code == 200
+        assert confirm(api, given["file_key"]).status_code == 200  # twice: fine
+        moved = client.get_object(Bucket=bucket, Key=f"drop/{given['file_key']}")["Body"].read()
+        assert moved == data
+        assert not [k for k in objects() if "/uploads/" in k]  # the staging copy is gone
+        assert status(api, given["file_key"]).json()["status"] == "queued"
+
+        empty = upload_url(api)
+        assert put(empty["upload_url"], b"").status_code == 200
+        refused = confirm(api, empty["file_key"])
+        assert refused.status_code == 422 and "gzip" in refused.text

@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -166,6 +167,24 @@ def _signing_secret(config: IngestConfig) -> bytes:
     return key.encode()
 
 
+class _RedactUploadSignatures(logging.Filter):
+    """Access-log lines show an upload URL's path, not its signature (a capability to write
+    until it expires)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+            isinstance(a, str) and "signature=" in a for a in record.args
+        ):
+            record.args = tuple(
+                _SIGNATURE.sub(r"\1<redacted>", a) if isinstance(a, str) else a
+                for a in record.args
+            )
+        return True
+
+
+_SIGNATURE = re.compile(r"(signature=)[0-9a-fA-F]+")
+
+
 def create_app(config: IngestConfig | None = None, settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     config = config or load_config(settings.config_path)
@@ -183,6 +202,9 @@ def create_app(config: IngestConfig | None = None, settings: Settings | None = N
         },
         secret=_signing_secret(config),
     )
+    access = logging.getLogger("uvicorn.access")
+    if not any(isinstance(f, _RedactUploadSignatures) for f in access.filters):
+        access.addFilter(_RedactUploadSignatures())
     if not len(service.keys):
         log.warning("no API key is configured (tenants.<name>.api_key_env): every call gets 401")
     app = FastAPI(
@@ -611,7 +633,7 @@ def _confirm(service: Service, key: FileKey) -> dict[str, str]:
     limit = service.config.api.max_upload_bytes
     if staged.size > limit:
         raise HTTPException(413, f"the upload is {staged.size:,} bytes; at most {limit:,}")
-    if store.head_bytes(key.staging_key, 2) != GZIP_MAGIC:
+    if staged.size < len(GZIP_MAGIC) or store.head_bytes(key.staging_key, 2) != GZIP_MAGIC:
         raise _invalid(
             ["file_key"], "the upload is not gzip: compress the JSONL file with gzip and PUT again"
         )
