@@ -1059,6 +1059,11 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
     without a header). A CSV file is read here into temp table `staged`; NDJSON when the SQL runs.
     """
     shape = detect_shape(name)
+    if feed.strict_json and shape.file_format != "ndjson":
+        # its rules read each record's JSON types (validation.json_type_column)
+        raise UnsupportedFile(
+            f"the {feed.name} stream takes JSON lines (.jsonl, optionally .gz), not CSV"
+        )
     records = Records(shape, feed, FileBytes(path, shape.compression))
     if shape.file_format == "ndjson":
         return records

@@ -690,3 +690,60 @@ def test_the_api_on_an_s3_landing_zone(
         assert put(empty["upload_url"], b"").status_code == 200
         refused = confirm(api, empty["file_key"])
         assert refused.status_code == 422 and "gzip" in refused.text
+
+
+def test_the_cli_serves_with_workers_and_never_logs_a_key(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from ingest_pipeline_tests.api_server import free_port
+
+    config = tmp_path / "ingest.yaml"
+    config.write_text("tenants:\n  acme:\n    api_key_env: CLI_TEST_KEY\n")
+    secret = "cli-secret-key-7f3a9c"
+    port = free_port()
+    env = {
+        **os.environ,
+        "INGEST_CONFIG": str(config),
+        "CLI_TEST_KEY": secret,
+        "INGEST_LANDING_URL": str(tmp_path / "landing"),
+        "INGEST_WAREHOUSE_PATH": str(tmp_path / "w.duckdb"),
+        "INGEST_API_PORT": str(port),
+    }
+    log = tmp_path / "api.log"
+    cli = Path(sys.executable).parent / "ingest-pipeline"
+    with log.open("w") as out:
+        proc = subprocess.Popen(
+            [str(cli), "api", "--workers", "2"], env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(300):
+            try:
+                httpx.get(f"{url}/ingestion/schemas", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        headers = {"x-api-key": secret}
+        body = {"stream": "account", "data": [account()]}
+        keys = set()
+        for _ in range(10):  # both workers answer; each knows the key and the signing key
+            sent = httpx.post(f"{url}/ingestion/upload-json", json=body, headers=headers)
+            assert sent.status_code == 200, sent.text
+            keys.add(sent.json()["file_key"])
+            given = httpx.post(
+                f"{url}/ingestion/generate-upload-url", json={"stream": "account"}, headers=headers
+            ).json()
+            assert put(given["upload_url"], jsonl_gz([account()])).status_code == 200
+        assert len(keys) == 10
+        assert httpx.post(f"{url}/ingestion/upload-json", json=body).status_code == 401
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    text = log.read_text()
+    assert "POST /ingestion/upload-json" in text  # the access log is on
+    assert secret not in text
+    import re
+
+    assert re.search(r"signature=[0-9a-f]{16}", text) is None  # the upload URLs' capability
+    assert "signature=<redacted>" in text

@@ -174,3 +174,16 @@ def test_schemas_are_draft_2020_12_and_their_examples_valid() -> None:
         assert jsonschema_rs.validator_for(schema).is_valid(feed.example)
         assert set(schema["properties"]) == {f.name for f in feed.fields}
         assert schema["additionalProperties"] is False
+
+
+def test_a_csv_file_for_a_stream_is_refused_whole(tmp_path: Path) -> None:
+    feed = API_STREAMS["contact"]
+    path = tmp_path / "f.csv"
+    path.write_text("contact_id,email\nc1,a@b.co\n")
+    source = SourceFile(
+        uri=str(path), etag="e", key=f"{feed.landing_prefix}f.csv", landed_at=T0,
+        size=path.stat().st_size, tenant_id="t",
+    )  # fmt: skip
+    report = process_file(path, source, feed, tmp_path / "work")
+    assert report.status == "failed"
+    assert "JSON lines" in (report.error or "")

@@ -51,10 +51,12 @@ def test_export_asset_shape(tmp_path: Path) -> None:
     asset = build_flow_export_asset(_flow(tmp_path / "out"))
     assert asset.key == dg.AssetKey("flow_7_active_contacts_export")
     assert asset.node_def.pool == "duckdb_warehouse"
-    # The segment reads `contacts`, which the identify and kissmetrics feeds write.
+    # The segment reads `contacts`, which the identify and kissmetrics feeds and the API's
+    # contact stream write.
     assert asset.dependency_keys == {
         dg.AssetKey("identify_warehouse"),
         dg.AssetKey("kissmetrics_warehouse"),
+        dg.AssetKey("contact_warehouse"),
     }
     condition = asset.automation_conditions_by_key[asset.key]
     assert condition is not None and condition.get_label() == "after_warehouse_merge"

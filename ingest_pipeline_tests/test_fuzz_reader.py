@@ -44,7 +44,7 @@ from hypothesis import HealthCheck, Phase, example, given, settings
 from hypothesis import strategies as st
 
 from ingest_pipeline.bronze import FileReport, SourceFile, process_file
-from ingest_pipeline.feeds import FEEDS
+from ingest_pipeline.feeds import API_STREAMS, FEEDS
 from ingest_pipeline.parsing import MAX_CSV_COLUMNS, MAX_HEADER_BYTES, MAX_LINE_BYTES
 from ingest_pipeline.reading import READ_BYTES
 
@@ -190,6 +190,7 @@ GOOD = {
         "amount": 12.5,
     },
     "kissmetrics": {"_p": "ann@example.com", "_t": 1700000000, "_n": "signed up"},
+    **{name: feed.example for name, feed in API_STREAMS.items()},
 }
 HEADER = b"event_text,event_timestamp,contact_key\n"
 

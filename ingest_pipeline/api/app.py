@@ -609,8 +609,9 @@ async def _receive_upload(service: Service, request: Request, key: FileKey) -> s
                 out.write(chunk)
                 digest.update(chunk)
             out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
+            # syncing up to 2 GB takes a while: not on the event loop
+            await run_in_threadpool(os.fsync, out.fileno())
+        await run_in_threadpool(os.replace, tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return digest.hexdigest()
