@@ -389,9 +389,10 @@ def segment_sql_problem(sql: str) -> str | None:
 def _cross_checks(config: IngestConfig, known_feeds: set[str]) -> list[str]:
     problems = []
     tenants = set(config.tenants) | {"default"}
+    from ingest_pipeline.feeds import TENANT_NAME
+
     for name in config.tenants:
-        # A tenant's name is a folder of the API's file keys (tenant=<name>).
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+        if not re.fullmatch(TENANT_NAME, name):
             problems.append(
                 f"tenants.{name}: a tenant name is 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit"

@@ -312,14 +312,6 @@ KISSMETRICS = FeedSpec(
 
 API_PREFIX = "data/tenants/objects/"
 API_SOURCE_SYSTEM = "dataapi"
-API_STREAM_NAMES = ("contact_event", "account_event", "contact", "account")
-# data/tenants/objects/<stream>/source_system=dataapi/tenant=<tenant>/dt=<YYYY-MM-DD-HH-MM>/<uuid>.jsonl[.gz]
-API_KEY_LAYOUT = re.compile(
-    r"data/tenants/objects/(?P<stream>contact_event|account_event|contact|account)/"
-    r"source_system=dataapi/tenant=(?P<tenant>[A-Za-z0-9][A-Za-z0-9._-]{0,63})/"
-    r"dt=(?P<dt>\d{4}-\d{2}-\d{2}-\d{2}-\d{2})/"
-    r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl(?P<gz>\.gz)?"
-)
 _NO_UNKNOWN_KEYS = RecordRule(
     "no_unknown_keys",
     "coalesce(unknown_keys::VARCHAR, '{}') = '{}'",
@@ -474,6 +466,16 @@ ACCOUNT = _api_stream(
 API_STREAMS: dict[str, FeedSpec] = {
     f.name: f for f in (CONTACT_EVENT, ACCOUNT_EVENT, CONTACT, ACCOUNT)
 }
+API_STREAM_NAMES = tuple(API_STREAMS)
+# A tenant's name is a folder of the API's file keys (tenant=<name>); ingest.yaml checks it.
+TENANT_NAME = r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}"
+# data/tenants/objects/<stream>/source_system=dataapi/tenant=<tenant>/dt=<YYYY-MM-DD-HH-MM>/<uuid>.jsonl[.gz]
+API_KEY_LAYOUT = re.compile(
+    rf"{API_PREFIX}(?P<stream>{'|'.join(API_STREAM_NAMES)})/"
+    rf"source_system={API_SOURCE_SYSTEM}/tenant=(?P<tenant>{TENANT_NAME})/"
+    r"dt=(?P<dt>\d{4}-\d{2}-\d{2}-\d{2}-\d{2})/"
+    r"(?P<uuid>[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})\.jsonl(?P<gz>\.gz)?"
+)
 
 FLAT_FILE_FEEDS: dict[str, FeedSpec] = {f.name: f for f in (IDENTIFY, TRACK, GROUP, CRM)}
 FEEDS: dict[str, FeedSpec] = {**FLAT_FILE_FEEDS, KISSMETRICS.name: KISSMETRICS, **API_STREAMS}

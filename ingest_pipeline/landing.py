@@ -158,7 +158,8 @@ class LocalLanding:
         self.root.mkdir(parents=True, exist_ok=True)
         self.url = str(self.root)
 
-    def _path(self, key: str) -> Path:
+    def path_of(self, key: str) -> Path:
+        """The file of `key` under the root (a key that could escape it is refused)."""
         return self.root.joinpath(*_check_key(key).split("/"))
 
     def _object(self, key: str, st: os.stat_result, path: Path) -> LandedObject:
@@ -209,7 +210,7 @@ class LocalLanding:
                     yield self._object(key, st, Path(entry.path))
 
     def stat(self, key: str) -> LandedObject | None:
-        path = self._path(key)
+        path = self.path_of(key)
         try:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
@@ -221,7 +222,7 @@ class LocalLanding:
     def download(self, obj_or_key: LandedObject | str, dest: Path) -> LandedObject:
         key = obj_or_key if isinstance(obj_or_key, str) else obj_or_key.key
         expected = None if isinstance(obj_or_key, str) else obj_or_key.etag
-        path = self._path(key)
+        path = self.path_of(key)
         try:
             source = open(path, "rb")  # closed by the `with source` below
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
@@ -247,7 +248,7 @@ class LocalLanding:
         return before
 
     def put(self, key: str, body: bytes | Path) -> LandedObject:
-        path = self._path(key)
+        path = self.path_of(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         # Write a hidden temporary file and rename it: listings never see a half-written file.
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -265,7 +266,7 @@ class LocalLanding:
         return obj
 
     def delete(self, key: str) -> None:
-        self._path(key).unlink(missing_ok=True)
+        self.path_of(key).unlink(missing_ok=True)
 
     def __repr__(self) -> str:
         return f"LocalLanding({self.url!r})"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import socket
 import time
 from collections.abc import Iterator
@@ -575,7 +576,6 @@ def test_upload_url_refuses_an_unknown_stream_or_content_type(api: RunningApi) -
 
 
 def test_the_readme_examples_work(api: RunningApi) -> None:
-    import re
 
     import yaml
 
@@ -743,7 +743,39 @@ def test_the_cli_serves_with_workers_and_never_logs_a_key(tmp_path: Path) -> Non
     text = log.read_text()
     assert "POST /ingestion/upload-json" in text  # the access log is on
     assert secret not in text
-    import re
 
     assert re.search(r"signature=[0-9a-f]{16}", text) is None  # the upload URLs' capability
     assert "signature=<redacted>" in text
+
+
+@pytest.mark.parametrize(
+    ("config", "problem"),
+    [
+        ({"tenants": {"../globex": {}}}, "tenants.../globex: a tenant name is"),
+        ({"tenants": {"acme": {"api_key_envs": ["not a name"]}}}, "api_key_envs"),
+        ({"api": {"max_json_bytes": 0}}, "api.max_json_bytes"),
+        ({"api": {"rate_limit": {"per_second": 0}}}, "api.rate_limit.per_second"),
+        ({"api": {"unknown": 1}}, "api.unknown: unknown key"),
+    ],
+)
+def test_api_configuration_errors_name_their_path(config: dict, problem: str) -> None:
+    from ingest_pipeline.config import ConfigError, parse_config
+
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_config(config)
+
+
+def test_keys_are_read_from_their_variables_and_compared_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest_pipeline.api.keys import KeyRing
+    from ingest_pipeline.config import parse_config
+
+    config = parse_config({"tenants": {"acme": {"api_key_envs": ["K1", "K2"]}, "b": {}}})
+    ring = KeyRing.from_config(config, {"K1": "first-key", "K2": "second-key"})
+    assert len(ring) == 2
+    assert ring.caller("first-key").tenant == ring.caller("second-key").tenant == "acme"
+    assert ring.caller("first-key").key_id != ring.caller("second-key").key_id
+    for wrong in ("first-ke", "first-key ", "", None, "FIRST-KEY"):
+        assert ring.caller(wrong) is None
+    assert len(KeyRing.from_config(config, {"K1": "  "})) == 0  # a blank variable is no key

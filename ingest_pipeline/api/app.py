@@ -47,7 +47,7 @@ from ingest_pipeline.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
 
-Stream = Literal["contact_event", "account_event", "contact", "account"]
+Stream = Literal[API_STREAM_NAMES]  # type: ignore[valid-type] # the declared streams
 SMALL_BODY_BYTES = 64 * 1024  # every endpoint but upload-json and the local PUT
 # A retry of an Idempotency-Key whose first request is this recent and has not written its
 # file yet is told to wait (409), not to write a second one.

@@ -196,7 +196,7 @@ class UploadStore:
 
     def local_path(self, key: str) -> Path:
         assert isinstance(self.landing, LocalLanding)
-        return self.landing._path(key)  # checks the key cannot escape the root
+        return self.landing.path_of(key)
 
     def stat(self, key: str) -> LandedObject | None:
         return self.landing.stat(key)
