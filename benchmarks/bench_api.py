@@ -33,10 +33,11 @@ import time
 from pathlib import Path
 
 import duckdb
-import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_small_files import BIN, Site, free_port  # noqa: E402
+
+from ingest_pipeline_tests.api_server import wait_until_serving  # noqa: E402
 
 RECORDS = 100
 KEY = "bench-api-key-0123456789"
@@ -124,12 +125,7 @@ def run(args: argparse.Namespace, root: Path) -> dict:
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"{url}/ingestion/schemas", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(url)
         if args.pipeline == "during":
             site.start_daemon(args.settle)
         if args.daemon_nice and site.daemon is not None:

@@ -32,6 +32,8 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_small_files import BIN, free_port  # noqa: E402
 
+from ingest_pipeline_tests.api_server import wait_until_serving  # noqa: E402
+
 OUT = Path(__file__).resolve().parent / "out"
 KEY = "bench-upload-key-0123456789"
 
@@ -105,12 +107,7 @@ def run(rows: int, root: Path) -> dict:
     url = f"http://127.0.0.1:{port}"
     headers = {"x-api-key": KEY}
     try:
-        for _ in range(200):
-            try:
-                httpx.get(f"{url}/ingestion/schemas", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(url)
         given = httpx.post(
             f"{url}/ingestion/generate-upload-url",
             json={"stream": "contact_event"},

@@ -38,7 +38,7 @@ import pyarrow.parquet as pq
 
 from ingest_pipeline.arrow import pa
 from ingest_pipeline.config import FeedPolicy
-from ingest_pipeline.feeds import FeedSpec, FieldSpec, TargetSpec
+from ingest_pipeline.feeds import FeedSpec, FieldSpec, TargetSpec, tenant_of
 from ingest_pipeline.landing import LandedObject
 from ingest_pipeline.merge import key_hash_columns, key_hash_sql, split_hash_sql
 from ingest_pipeline.parsing import (
@@ -125,6 +125,12 @@ class SourceFile:
             size=obj.size,
             tenant_id=tenant_id,
         )
+
+    @classmethod
+    def of_feed(cls, obj: LandedObject, feed: FeedSpec, default_tenant: str) -> SourceFile:
+        """The feed's file, the tenant's its channel says (feeds.tenant_of). A key that names
+        no tenant gets none; such a file fails with feeds.key_problem's reason unread."""
+        return cls.of(obj, tenant_of(feed, obj.key, default_tenant) or "")
 
     @property
     def file_id(self) -> str:

@@ -347,34 +347,48 @@ def _api_stream(
     )
 
 
-def _event_fields(key: str, whose: str) -> tuple[FieldSpec, ...]:
-    return (
-        FieldSpec(key, "identity", description=f"the {whose}'s id"),
-        FieldSpec("event_name", description="what happened, e.g. 'signed_up'"),
-        FieldSpec("event_timestamp", "unix_seconds", description="when, in Unix seconds"),
-        FieldSpec("event_properties", "object", required=False, description="anything else"),
+def _event_stream(
+    name: str, key: str, table: str, key_column: str, *, whose: str, example: dict[str, Any]
+) -> FeedSpec:
+    """An event stream: `key` (whose event), a name and a Unix time, into `table`'s rows keyed by
+    (tenant, `key_column`, event_text, event_timestamp), deduplicated like `track` events."""
+    return _api_stream(
+        name,
+        (
+            FieldSpec(key, "identity", description=f"the {whose}'s id"),
+            FieldSpec("event_name", description="what happened, e.g. 'signed_up'"),
+            FieldSpec("event_timestamp", "unix_seconds", description="when, in Unix seconds"),
+            FieldSpec("event_properties", "object", required=False, description="anything else"),
+        ),
+        (
+            TargetSpec(
+                table=table,
+                key=("tenant_id", key_column, "event_text", "event_timestamp"),
+                mode="row",
+                within_file="first",
+                prune_column="event_timestamp",
+                columns=with_provenance(
+                    **{key_column: key},
+                    event_text="event_name",
+                    event_timestamp="event_timestamp",
+                    properties="event_properties",
+                ),
+            ),
+        ),
+        description=f"API stream: an action or behaviour of a {whose} (e.g. "
+        f"'{example['event_name']}').",
+        example=example,
+        identity_columns=(key,) if key_column == "contact_key" else (),
+        dedupe_key=(key, "event_name", "event_timestamp"),
     )
 
 
-CONTACT_EVENT = _api_stream(
+CONTACT_EVENT = _event_stream(
     "contact_event",
-    _event_fields("contact_id", "person"),
-    (
-        TargetSpec(
-            table="events",
-            key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
-            mode="row",
-            within_file="first",
-            prune_column="event_timestamp",
-            columns=with_provenance(
-                contact_key="contact_id",
-                event_text="event_name",
-                event_timestamp="event_timestamp",
-                properties="event_properties",
-            ),
-        ),
-    ),
-    description="API stream: an action or behaviour of a person (e.g. 'signed_up').",
+    "contact_id",
+    "events",
+    "contact_key",
+    whose="person",
     example={
         "type": "contact_event",
         "contact_id": "user-42",
@@ -382,28 +396,13 @@ CONTACT_EVENT = _api_stream(
         "event_timestamp": 1751012665,
         "event_properties": {"plan": "trial", "source": "webinar"},
     },
-    identity_columns=("contact_id",),
-    dedupe_key=("contact_id", "event_name", "event_timestamp"),
 )
-ACCOUNT_EVENT = _api_stream(
+ACCOUNT_EVENT = _event_stream(
     "account_event",
-    _event_fields("account_id", "account"),
-    (
-        TargetSpec(
-            table="account_events",
-            key=("tenant_id", "account_key", "event_text", "event_timestamp"),
-            mode="row",
-            within_file="first",
-            prune_column="event_timestamp",
-            columns=with_provenance(
-                account_key="account_id",
-                event_text="event_name",
-                event_timestamp="event_timestamp",
-                properties="event_properties",
-            ),
-        ),
-    ),
-    description="API stream: an action or behaviour of a company (e.g. 'new funding round').",
+    "account_id",
+    "account_events",
+    "account_key",
+    whose="company",
     example={
         "type": "account_event",
         "account_id": "acme-corp",
@@ -411,7 +410,6 @@ ACCOUNT_EVENT = _api_stream(
         "event_timestamp": 1751012665,
         "event_properties": {"amount": 25000000, "series": "B"},
     },
-    dedupe_key=("account_id", "event_name", "event_timestamp"),
 )
 CONTACT = _api_stream(
     "contact",

@@ -42,7 +42,7 @@ from ingest_pipeline.bronze import (
 )
 from ingest_pipeline.config import FeedPolicy
 from ingest_pipeline.failures import FileFailure, classify, kind_of
-from ingest_pipeline.feeds import FeedSpec, key_problem, tenant_of
+from ingest_pipeline.feeds import FeedSpec, key_problem
 from ingest_pipeline.identity.resolve import DEFAULT_MAX_CLUSTER_SIZE, IdentityUpdate
 from ingest_pipeline.landing import FileVanished, LandedObject, LandingZone, LocalLanding
 from ingest_pipeline.merge import BronzeFile, merge_bronze
@@ -358,7 +358,7 @@ def ingest_to_bronze(
     outcome = BronzeOutcome()
     by_source = {}
     for obj in objects:
-        by_source[SourceFile.of(obj, tenant_of(feed, obj.key, tenant_id) or "")] = obj
+        by_source[SourceFile.of_feed(obj, feed, tenant_id)] = obj
     with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
         to_do, done = ledger.claim(
             con, list(by_source), feed.name, run_id=run_id, force=force, at=now()

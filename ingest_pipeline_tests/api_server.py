@@ -36,6 +36,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_until_serving(url: str, seconds: float = 30.0) -> None:
+    """Until the service at `url` answers (started as its own process); fails the test if not."""
+    import httpx
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            httpx.get(f"{url}/ingestion/schemas", timeout=1)
+            return
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API at {url} did not start in {seconds:.0f} s") from None
+            time.sleep(0.1)
+
+
 @dataclasses.dataclass
 class RunningApi:
     url: str

@@ -696,7 +696,7 @@ def test_the_cli_serves_with_workers_and_never_logs_a_key(tmp_path: Path) -> Non
     import subprocess
     import sys
 
-    from ingest_pipeline_tests.api_server import free_port
+    from ingest_pipeline_tests.api_server import free_port, wait_until_serving
 
     config = tmp_path / "ingest.yaml"
     config.write_text("tenants:\n  acme:\n    api_key_env: CLI_TEST_KEY\n")
@@ -718,12 +718,7 @@ def test_the_cli_serves_with_workers_and_never_logs_a_key(tmp_path: Path) -> Non
         )
     try:
         url = f"http://127.0.0.1:{port}"
-        for _ in range(300):
-            try:
-                httpx.get(f"{url}/ingestion/schemas", timeout=1)
-                break
-            except httpx.HTTPError:
-                time.sleep(0.1)
+        wait_until_serving(url)
         headers = {"x-api-key": secret}
         body = {"stream": "account", "data": [account()]}
         keys = set()
@@ -779,3 +774,26 @@ def test_keys_are_read_from_their_variables_and_compared_whole(
     for wrong in ("first-ke", "first-key ", "", None, "FIRST-KEY"):
         assert ring.caller(wrong) is None
     assert len(KeyRing.from_config(config, {"K1": "  "})) == 0  # a blank variable is no key
+
+
+def test_the_group_commit_outlives_an_unexpected_error(
+    api: RunningApi, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ingest_pipeline.api.uploads as uploads
+
+    def broken(folder: Path) -> None:
+        raise RuntimeError("not an OSError")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(uploads, "_sync_folder", broken)
+        failed = post_json(api, {"stream": "account", "data": [account(1)]})
+    assert failed.status_code == 503
+    # the thread that commits every later upload is still there
+    sent = httpx.post(
+        f"{api.url}/ingestion/upload-json",
+        json={"stream": "account", "data": [account(2)]},
+        headers=ACME,
+        timeout=10,
+    )
+    assert sent.status_code == 200
+    assert sent.json()["file_key"] in files_under(api.landing_url)

@@ -64,14 +64,6 @@ def _sensor_ticks(home: Path, sensor: str) -> int:
     return 0
 
 
-def _ledger_keys(path: Path) -> dict[str, str]:
-    try:
-        with warehouse.connect(path, read_only=True, wait_seconds=5) as con:
-            return dict(con.execute("SELECT landing_key, status FROM ingested_files").fetchall())
-    except Exception:  # noqa: BLE001 - not created yet, or a writer holds it: look again
-        return {}
-
-
 @pytest.fixture
 def key_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in KEY_ENV.items():
@@ -174,9 +166,11 @@ def test_presigned_upload_confirmed_is_ingested_by_the_daemon_unconfirmed_never(
             assert time.monotonic() < deadline + 60, daemon.tail(2000)
             time.sleep(1)
         assert status(unconfirmed["file_key"])["status"] == "awaiting confirmation"
-        keys = _ledger_keys(wh_path)
-        assert not any(k.endswith(unconfirmed["file_key"].rsplit("/", 1)[1]) for k in keys)
         with warehouse.connect(wh_path, read_only=True, wait_seconds=30) as con:
+            # read for sure (a failed read must fail the test, not look like "not there")
+            keys = [k for (k,) in con.execute("SELECT landing_key FROM ingested_files").fetchall()]
+            assert any(k == confirmed["file_key"] for k in keys)
+            assert not any(k.endswith(unconfirmed["file_key"].rsplit("/", 1)[1]) for k in keys)
             tenants = con.execute(
                 "SELECT DISTINCT tenant_id FROM events UNION SELECT tenant_id FROM contacts"
             ).fetchall()

@@ -112,7 +112,14 @@ class GroupCommit:
                 while not self._queue:
                     self._ready.wait()
                 batch, self._queue = self._queue, []
-            self._commit(batch)
+            try:
+                self._commit(batch)
+            except Exception as exc:  # noqa: BLE001 - the thread must live: every later
+                # request waits on it. This batch's requests are told (503); their temporary
+                # files are hidden, so no reader takes them.
+                failed = OSError(f"the upload could not be committed: {exc!r}")
+                for _, _, _, future, loop in batch:
+                    _tell(loop, future, failed)
 
     @staticmethod
     def _commit(batch: list[tuple[int, Path, Path, Any, Any]]) -> None:
@@ -137,7 +144,12 @@ class GroupCommit:
                     if path.parent == folder:
                         errors.setdefault(i, exc)
         for i, (_, _, _, future, loop) in enumerate(batch):
-            loop.call_soon_threadsafe(_settle, future, errors.get(i))
+            _tell(loop, future, errors.get(i))
+
+
+def _tell(loop: Any, future: Any, error: BaseException | None) -> None:
+    with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
+        loop.call_soon_threadsafe(_settle, future, error)
 
 
 def _settle(future: Any, error: BaseException | None) -> None:
@@ -160,6 +172,15 @@ class UploadStore:
     async def write_local(self, key: str, body: bytes) -> None:
         """`write`, for a local folder from the event loop: the file is written here, made
         durable and renamed by the group commit, and this returns once that is done."""
+        path, tmp, fd = self._staged(key, body)
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._group.submit(fd, tmp, path, future, loop)
+        await asyncio.shield(future)
+
+    def _staged(self, key: str, body: bytes) -> tuple[Path, Path, int]:
+        """`body` written (not yet synced) to a new hidden file beside `key`'s: (the key's
+        path, the hidden file, its open descriptor)."""
         path = self.local_path(key)
         self._folder_of(path)
         tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
@@ -178,10 +199,19 @@ class UploadStore:
             os.close(fd)
             tmp.unlink(missing_ok=True)
             raise
-        loop = asyncio.get_running_loop()
-        future = loop.create_future()
-        self._group.submit(fd, tmp, path, future, loop)
-        await asyncio.shield(future)
+        return path, tmp, fd
+
+    def _synced(self, key: str, body: bytes) -> tuple[Path, Path]:
+        """_staged, then synced and closed: (the key's path, the hidden file)."""
+        path, tmp, fd = self._staged(key, body)
+        try:
+            os.fsync(fd)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        finally:
+            os.close(fd)
+        return path, tmp
 
     def _folder_of(self, path: Path) -> None:
         if path.parent not in self._folders:
@@ -203,40 +233,22 @@ class UploadStore:
 
     def write(self, key: str, body: bytes) -> None:
         """Write `body` at `key`, durably (synced before the rename) and atomically."""
-        if isinstance(self.landing, LocalLanding):
-            path = self.local_path(key)
-            self._folder_of(path)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-            try:
-                try:
-                    out = open(tmp, "wb")  # noqa: SIM115 - closed below
-                except FileNotFoundError:  # the folder was removed since it was made
-                    self._folders.discard(path.parent)
-                    self._folder_of(path)
-                    out = open(tmp, "wb")  # noqa: SIM115
-                with out:
-                    out.write(body)
-                    out.flush()
-                    os.fsync(out.fileno())
-                os.replace(tmp, path)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            _sync_folder(path.parent)
-        else:
+        if not isinstance(self.landing, LocalLanding):
             self.landing.put(key, body)
+            return
+        path, tmp = self._synced(key, body)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        _sync_folder(path.parent)
 
     def create(self, key: str, body: bytes) -> bool:
         """Write `body` at `key` unless something is there already; False if it was."""
         if isinstance(self.landing, LocalLanding):
-            path = self.local_path(key)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+            path, tmp = self._synced(key, body)
             try:
-                with open(tmp, "wb") as out:
-                    out.write(body)
-                    out.flush()
-                    os.fsync(out.fileno())
                 os.link(tmp, path)  # fails if the key exists: atomic create-if-absent
             except FileExistsError:
                 return False

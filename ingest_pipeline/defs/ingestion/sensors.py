@@ -19,7 +19,7 @@ from ingest_pipeline.defs.ingestion.assets import feed_checks
 from ingest_pipeline.defs.ingestion.jobs import feed_jobs
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.discovery import plan_tick
-from ingest_pipeline.feeds import FEEDS, FeedSpec, tenant_of
+from ingest_pipeline.feeds import FEEDS, FeedSpec
 from ingest_pipeline.pipeline import RetryPolicy, now
 from ingest_pipeline.recovery import RunInfo, plan_recovery
 from ingest_pipeline.settings import Settings, get_settings
@@ -127,9 +127,7 @@ def build_feed_sensor(feed: FeedSpec) -> dg.SensorDefinition:
             ):
                 requests += _reconcile(context, con, feed, current, job.name)
                 for batch in plan.batches:
-                    sources = [
-                        SourceFile.of(o, tenant_of(feed, o.key, tenant) or "") for o in batch.files
-                    ]
+                    sources = [SourceFile.of_feed(o, feed, tenant) for o in batch.files]
                     new = ledger.queue(con, sources, feed.name, at=at, request_key=batch.run_key)
                     if new:
                         requests.append(
