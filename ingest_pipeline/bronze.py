@@ -55,6 +55,7 @@ from ingest_pipeline.parsing import (
     quarantine_raw,
     quarantine_raw_sql,
     sql_str,
+    undeclared_columns,
 )
 from ingest_pipeline.validation import (
     MAX_UNIX_SECONDS,
@@ -98,6 +99,7 @@ PROVENANCE_COLUMNS = {
 _BRONZE_TYPES = {
     "unix_seconds": "TIMESTAMP WITH TIME ZONE",
     "timestamp": "TIMESTAMP WITH TIME ZONE",
+    "datetime": "TIMESTAMP WITH TIME ZONE",
     "boolean": "BOOLEAN",
     "number": "DOUBLE",
 }
@@ -156,6 +158,7 @@ class FileReport:
     rows_duplicate: int = 0  # only for refused files; otherwise the merge counts duplicates
     rows_rejected: int = 0
     error: str | None = None
+    notes: str | None = None  # not an error: e.g. an import's columns not in its manifest
     # The bronze Parquet holding the file's rows (shared with the other files of a pass).
     bronze_path: Path | None = None
     # Parquet of every rejected record (QUARANTINE_SCHEMA; shared with the other files of a
@@ -263,6 +266,30 @@ def _key_hashes_sql(feed: FeedSpec, tenant: str) -> list[str]:
     return items
 
 
+def _json_value_sql(field: FieldSpec) -> str:
+    """SQL: a field's typed value as JSON (numbers and booleans as such, datetimes as ISO 8601
+    UTC text), over the validation columns (DuckDB's lateral column aliases)."""
+    if field.kind == "datetime":
+        seconds = "%S.%f" if field.format and "%f" in field.format else "%S"
+        utc = f"timezone('UTC', {ident(typed_column(field))})"
+        return f"to_json(strftime({utc}, '%Y-%m-%dT%H:%M:{seconds}Z'))"
+    if field.kind in TYPE_NAMES:
+        return f"to_json({ident(typed_column(field))})"
+    return f"to_json(nullif(trim({ident(field.name)}), ''))"
+
+
+def _fields_json_sql(feed: FeedSpec) -> str:
+    """SQL: the JSON object of the feed's `extras_fields`, typed, without the absent ones."""
+    by_name = {f.name: f for f in feed.fields}
+    entries = ", ".join(
+        f"struct_pack(k := {sql_str(name)}, v := {_json_value_sql(by_name[name])})"
+        for name in feed.extras_fields
+    )
+    return (
+        f"to_json(map_from_entries(list_filter([{entries}], lambda e: e.v IS NOT NULL)))"
+    )
+
+
 def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:
     """Each record with what bronze stores and why it is rejected, if it is, in one SELECT:
     `error` (unreadable), `rule_error` (the row rules it breaks), typed fields, extras, key
@@ -275,7 +302,9 @@ def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:
                 f"CASE WHEN {seconds} >= 0 AND {seconds} < {MAX_UNIX_SECONDS} "
                 f"THEN to_timestamp({seconds}) END AS {ident(_timestamp_column(f))}"
             )
-    if feed.extras_column not in validation_columns(feed):
+    if feed.extras_fields:
+        select.append(f"{_fields_json_sql(feed)} AS {ident(feed.extras_column)}")
+    elif feed.extras_column not in validation_columns(feed):
         select.append(ident(feed.extras_column))
     records = f"SELECT {', '.join(select)} FROM ({records_sql})"
     outer = [
@@ -614,6 +643,8 @@ def process_file(
     workdir: Path,
     policy: FeedPolicy | None = None,
     con: duckdb.DuckDBPyConnection | None = None,
+    *,
+    name: str | None = None,
 ) -> FileReport:
     """Parse, type and validate one local copy of a landed file.
 
@@ -633,7 +664,7 @@ def process_file(
     con = con or new_connection(workdir)
     try:
         try:
-            records = open_records(con, local_path, source.key, feed)
+            records = open_records(con, local_path, name or source.key, feed)
             file_check = NdjsonFileCheck() if records.shape.file_format == "ndjson" else None
             found = _stream(con, records, feed, files, bronze_path, quarantine, file_check)
             damage = records.damage
@@ -667,6 +698,10 @@ def process_file(
         report.quarantine_path = quarantine.path if quarantine.count else None
         report.bronze_path = bronze_path
         report.error = damage
+        if feed.undeclared == "ignore" and records.columns:
+            ignored = undeclared_columns(records.columns, feed)
+            if ignored:
+                report.notes = "columns not imported (not mapped): " + ", ".join(ignored)
 
         if report.rows_read == 0:
             report.status, report.error = "failed", "found zero data rows in the file"

@@ -7,17 +7,27 @@ Unknown keys and invalid values are errors naming the offending path, e.g.
 from __future__ import annotations
 
 import re
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from ingest_pipeline.identity.graph import DEFAULT_MAX_CLUSTER_SIZE
 
 if TYPE_CHECKING:
     from ingest_pipeline.feeds import FeedSpec
+    from ingest_pipeline.imports.manifest import Manifest
 
 
 class ConfigError(ValueError):
@@ -283,38 +293,232 @@ class FlowConfig(_Strict):
         return value
 
 
-Schedule = str  # once | hourly | daily | weekly | monthly | a cron string
+ImportSchedule = str  # once | hourly | daily | weekly | monthly | a cron string
+_EMAIL = re.compile(r"[^@\s,;<>]+@[^@\s,;<>]+\.[^@\s,;<>]+")
 
 
 class PgpConfig(_Strict):
+    """The import's PGP keys, by environment variable: our private key (and its passphrase),
+    and optionally the client's public signing key, whose signature every file must carry."""
+
     private_key_env: str
     passphrase_env: str | None = None
     signer_public_key_env: str | None = None
 
+    @field_validator("private_key_env", "passphrase_env", "signer_public_key_env")
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        return None if value is None else _env_names([value])[0]
+
+
+def _check_import_folder(value: str) -> str:
+    """s3://bucket/path, sftp://user@host[:port]/path or a local folder: never a bucket's (or a
+    server's) root, no trailing slash (the vendor's rules for the folder path)."""
+    text = value.strip()
+    if text.endswith("/") and text not in ("/",):
+        raise ValueError(f"{value!r}: no trailing '/' (the folder path is the folder's own)")
+    scheme = text.split("://", 1)[0].lower() if "://" in text else ""
+    if scheme in ("s3", "sftp"):
+        _check_target(text)
+        parsed = urlparse(text)
+        if not parsed.path.strip("/"):
+            raise ValueError(
+                f"{value!r} is the root of the {'bucket' if scheme == 's3' else 'server'}: "
+                "the files must be inside a folder"
+            )
+    elif scheme:
+        raise ValueError(
+            f"{value!r}: use s3://bucket/path, sftp://user@host[:port]/path or a folder"
+        )
+    elif not text or Path(text).expanduser().resolve() == Path("/"):
+        raise ValueError(f"{value!r}: the files must be inside a folder, not the root")
+    return text
+
+
+def _check_time(value: str | None, field: str) -> str | None:
+    if value is None:
+        return None
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(
+            f"{value!r} is not an ISO 8601 date or time, e.g. 2026-12-31 or 2026-12-31T18:00 "
+            f"({field} without an offset is in the import's timezone)"
+        ) from None
+    return value
+
 
 class ImportConfig(_Strict):
+    """A configured CSV import (SPEC section 3.4): a client's folder, what its files hold and
+    how their columns map (the manifest), when to look, whom to tell."""
+
     name: str = Field(min_length=1)
     type: Literal["users", "events"]
     event_name: str | None = None
     user_kind: Literal["registered", "anonymous"] | None = None
     folder: str
-    datetime_format: str = "%Y%m%d%H%M%S"
-    manifest: str
-    timezone: str = "UTC"
-    schedule: Schedule = "once"
+    # The client's credentials (the folder is theirs, not ours), by environment variable.
+    # S3: unset, the standard AWS variables apply.
+    s3_access_key_env: str | None = None
+    s3_secret_key_env: str | None = None
+    s3_session_token_env: str | None = None
+    s3_region: str | None = None
+    sftp_password_env: str | None = None
+    sftp_key_env: str | None = None
+    sftp_known_hosts: str | None = None  # default ~/.ssh/known_hosts
+    datetime_format: str = "%Y%m%d%H%M%S"  # of the file names
+    manifest: str  # relative to ingest.yaml's folder, or absolute
+    timezone: str = "UTC"  # of the schedule, and of datetimes given without an offset
+    schedule: ImportSchedule = "once"
+    start_at: str | None = None  # once: when (default: as soon as possible); else: not before
     end_after_runs: int | None = Field(default=None, ge=1)
     end_at: str | None = None
+    retries: int = Field(default=0, ge=0, le=10)  # failed files are not retried by default
     pgp: PgpConfig | None = None
     notify: list[str] = Field(default=[], max_length=10)
     tenant: str = "default"
 
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]{0,63}", value):
+            raise ValueError(
+                "may use letters, digits and '_', starting with a letter (the job is import_<name>)"
+            )
+        return value
+
+    @field_validator("event_name")
+    @classmethod
+    def _event_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}", value):
+            raise ValueError(
+                "an event name begins the file names: letters, digits, '_', '.' or '-'"
+            )
+        return value
+
+    @field_validator("folder")
+    @classmethod
+    def _folder(cls, value: str) -> str:
+        return _check_import_folder(value)
+
+    @field_validator(
+        "s3_access_key_env",
+        "s3_secret_key_env",
+        "s3_session_token_env",
+        "sftp_password_env",
+        "sftp_key_env",
+    )
+    @classmethod
+    def _env(cls, value: str | None) -> str | None:
+        return None if value is None else _env_names([value])[0]
+
+    @field_validator("datetime_format")
+    @classmethod
+    def _datetime_format(cls, value: str) -> str:
+        from ingest_pipeline.imports.manifest import check_datetime_format
+
+        problem = check_datetime_format(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, value: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"{value!r} is not an IANA time zone, e.g. UTC or Europe/Paris"
+            ) from None
+        return value
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        return "once" if value.strip() == "once" else cron_schedule(value)
+
+    @field_validator("start_at")
+    @classmethod
+    def _start(cls, value: str | None) -> str | None:
+        return _check_time(value, "start_at")
+
+    @field_validator("end_at")
+    @classmethod
+    def _end(cls, value: str | None) -> str | None:
+        return _check_time(value, "end_at")
+
+    @field_validator("notify")
+    @classmethod
+    def _notify(cls, value: list[str]) -> list[str]:
+        for address in value:
+            if not _EMAIL.fullmatch(address):
+                raise ValueError(f"{address!r} is not an e-mail address")
+        if len(set(value)) != len(value):
+            raise ValueError("the addresses must be distinct")
+        return value
+
     @model_validator(mode="after")
     def _kind(self) -> ImportConfig:
-        if self.type == "events" and not self.event_name:
-            raise ValueError("event_name is required for type events")
-        if self.type == "users" and self.user_kind is None:
-            raise ValueError("user_kind (registered or anonymous) is required for type users")
+        if self.type == "events":
+            if not self.event_name:
+                raise ValueError("event_name is required for type events")
+            if self.user_kind is not None:
+                raise ValueError("user_kind only applies to type users")
+        if self.type == "users":
+            if self.user_kind is None:
+                raise ValueError("user_kind (registered or anonymous) is required for type users")
+            if self.event_name is not None:
+                raise ValueError("event_name only applies to type events")
+        channel = self.channel
+        s3_fields = [n for n in _S3_FIELDS if getattr(self, n) is not None]
+        sftp_fields = [n for n in _SFTP_FIELDS if getattr(self, n) is not None]
+        if s3_fields and channel != "s3":
+            raise ValueError(f"{', '.join(s3_fields)} only apply to s3:// folders")
+        if sftp_fields and channel != "sftp":
+            raise ValueError(f"{', '.join(sftp_fields)} only apply to sftp:// folders")
+        if (self.s3_access_key_env is None) != (self.s3_secret_key_env is None):
+            raise ValueError("s3_access_key_env and s3_secret_key_env go together")
+        if channel == "sftp" and not (self.sftp_password_env or self.sftp_key_env):
+            raise ValueError(
+                "an sftp folder needs sftp_password_env or sftp_key_env (the name of the "
+                "environment variable holding the secret)"
+            )
         return self
+
+    @property
+    def channel(self) -> Literal["s3", "sftp", "local"]:
+        lower = self.folder.lower()
+        if lower.startswith("s3://"):
+            return "s3"
+        if lower.startswith("sftp://"):
+            return "sftp"
+        return "local"
+
+    @property
+    def kind(self) -> Literal["registered", "anonymous", "events"]:
+        if self.type == "events":
+            return "events"
+        assert self.user_kind is not None
+        return self.user_kind
+
+    @property
+    def file_prefix(self) -> str:
+        """What the file names begin with (then `_<datetime>.csv`)."""
+        if self.type == "events":
+            assert self.event_name is not None
+            return self.event_name
+        return f"{self.user_kind}_users"
+
+    @property
+    def job_name(self) -> str:
+        return f"import_{self.name}"
+
+
+_S3_FIELDS = ("s3_access_key_env", "s3_secret_key_env", "s3_session_token_env", "s3_region")
+_SFTP_FIELDS = ("sftp_password_env", "sftp_key_env", "sftp_known_hosts")
 
 
 class IdentityConfig(_Strict):
@@ -333,6 +537,30 @@ class IngestConfig(_Strict):
     imports: list[ImportConfig] = []
     identity: IdentityConfig = IdentityConfig()
     api: ApiConfig = ApiConfig()
+    # The folder of ingest.yaml: manifests and local import folders are relative to it.
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    _manifests: dict[str, Manifest] = PrivateAttr(default_factory=dict)
+
+    @property
+    def base_dir(self) -> Path:
+        return self._base_dir
+
+    def import_config(self, name: str) -> ImportConfig:
+        for imp in self.imports:
+            if imp.name == name:
+                return imp
+        known = ", ".join(i.name for i in self.imports) or "none"
+        raise KeyError(f"no import named {name!r} in ingest.yaml (imports: {known})")
+
+    def manifest(self, name: str) -> Manifest:
+        """The import's manifest, as read and checked when the configuration loaded."""
+        return self._manifests[name]
+
+    def import_folder(self, imp: ImportConfig) -> str:
+        """The import's folder URL; a local folder made absolute (relative to ingest.yaml)."""
+        if imp.channel != "local":
+            return imp.folder
+        return str((self._base_dir / Path(imp.folder).expanduser()).resolve())
 
     def policy(self, feed: str) -> FeedPolicy:
         return self.feeds.get(feed, FeedPolicy())
@@ -414,19 +642,55 @@ def _cross_checks(config: IngestConfig, known_feeds: set[str]) -> list[str]:
         if flow.id in ids:
             problems.append(f"flows[{i}].id: {flow.id} is also the id of flows[{ids[flow.id]}]")
         ids.setdefault(flow.id, i)
-    seen: dict[tuple[str, str | None, str], int] = {}
-    for i, imp in enumerate(config.imports):
-        if imp.tenant not in tenants:
-            problems.append(f"imports[{i}].tenant: unknown tenant {imp.tenant!r}")
-        sub_type = imp.event_name if imp.type == "events" else imp.user_kind
-        key = (imp.type, sub_type, imp.folder.rstrip("/"))
-        if key in seen:
-            problems.append(f"imports[{i}]: same type, sub-type and folder as imports[{seen[key]}]")
-        seen.setdefault(key, i)
+    problems += _import_checks(config, tenants)
     return problems
 
 
-def parse_config(data: Any, *, source: str = "ingest.yaml") -> IngestConfig:
+def _folder_identity(config: IngestConfig, imp: ImportConfig) -> tuple[str, str, str]:
+    """(scheme, bucket or host, folder path) of an import's folder, for the duplicate check."""
+    if imp.channel == "local":
+        return ("local", "", config.import_folder(imp))
+    parsed = urlparse(imp.folder)
+    return (imp.channel, (parsed.hostname or "").lower(), parsed.path.strip("/"))
+
+
+def _import_checks(config: IngestConfig, tenants: set[str]) -> list[str]:
+    from ingest_pipeline.imports.manifest import ManifestError, load_manifest
+
+    problems = []
+    names: dict[str, int] = {}
+    seen: dict[tuple[object, ...], int] = {}
+    for i, imp in enumerate(config.imports):
+        if imp.tenant not in tenants:
+            problems.append(f"imports[{i}].tenant: unknown tenant {imp.tenant!r}")
+        if imp.name in names:
+            problems.append(
+                f"imports[{i}].name: {imp.name!r} is also the name of imports[{names[imp.name]}]"
+            )
+        names.setdefault(imp.name, i)
+        # The vendor's rule: one import per type, sub-type, bucket and folder path.
+        sub_type = imp.event_name if imp.type == "events" else imp.user_kind
+        key = (imp.type, sub_type, *_folder_identity(config, imp))
+        if key in seen:
+            j = seen[key]
+            problems.append(
+                f"imports[{i}] ({imp.name}) duplicates imports[{j}] ({config.imports[j].name}): "
+                f"same type ({imp.type}), sub-type ({sub_type}), bucket and folder "
+                f"({imp.folder}); change one of them, or remove one import"
+            )
+        seen.setdefault(key, i)
+        path = Path(imp.manifest).expanduser()
+        path = path if path.is_absolute() else config.base_dir / path
+        try:
+            config._manifests[imp.name] = load_manifest(path, imp.kind)
+        except ManifestError as exc:
+            problems.append(f"imports[{i}].manifest: {exc}")
+    return problems
+
+
+def parse_config(
+    data: Any, *, source: str = "ingest.yaml", base_dir: Path | None = None
+) -> IngestConfig:
     from ingest_pipeline.feeds import FEEDS
 
     if data is None:
@@ -438,6 +702,7 @@ def parse_config(data: Any, *, source: str = "ingest.yaml") -> IngestConfig:
     except ValidationError as exc:
         lines = [f"{_path(e['loc'])}: {_message(e)}" for e in exc.errors()]
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(lines)) from None
+    config._base_dir = (base_dir or Path.cwd()).resolve()
     problems = _cross_checks(config, set(FEEDS))
     if problems:
         raise ConfigError(f"{source} is invalid:\n  " + "\n  ".join(problems))
@@ -455,4 +720,4 @@ def load_config(path: str | Path | None) -> IngestConfig:
         raise ConfigError(f"INGEST_CONFIG points at {path}, which does not exist") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path} is not valid YAML: {exc}") from None
-    return parse_config(data, source=str(path))
+    return parse_config(data, source=str(path), base_dir=path.parent)

@@ -11,7 +11,15 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 FieldKind = Literal[
-    "string", "email", "unix_seconds", "timestamp", "boolean", "number", "identity", "object"
+    "string",
+    "email",
+    "unix_seconds",
+    "timestamp",
+    "datetime",  # text in the field's strftime `format` (configured imports' manifests)
+    "boolean",
+    "number",
+    "identity",
+    "object",
 ]
 
 # Identities that stand for nobody in particular: merging people on them would fuse strangers.
@@ -40,6 +48,28 @@ class FieldSpec:
     # The only value the field may have (the API records' `type`), compared as sent.
     const: str | None = None
     description: str = ""
+    # The field's name in the file (a CSV column, a JSON key) when it is not `name`: a
+    # configured import's manifest maps the client's USER_ID column to `user_id`.
+    column: str | None = None
+    # The field's value in every record, set by the declaration and not read from the file (an
+    # import's event name).
+    fixed: str | None = None
+    # "datetime" fields: the strftime format of the text, and the time zone of times the text
+    # gives without an offset.
+    format: str | None = None
+    timezone: str = "UTC"
+
+    @property
+    def source(self) -> str:
+        """The field's name in the file."""
+        return self.column or self.name
+
+    @property
+    def label(self) -> str:
+        """How reasons name the field: as the file has it, and what it maps to if renamed."""
+        if self.column is None or self.column == self.name:
+            return f"field '{self.name}'"
+        return f"column '{self.column}' (attribute '{self.name}')"
 
 
 @dataclass(frozen=True)
@@ -116,6 +146,16 @@ class FeedSpec:
     # the feed does not declare. Flat-file feeds take any scalar as text.
     strict_json: bool = False
     example: dict[str, Any] = field(default_factory=dict)  # one valid record, for the docs
+    # Columns (keys) the file has that no field declares: "extras" keeps them in the extras
+    # column; "ignore" leaves them out (a configured import imports what its manifest maps,
+    # and the file's report lists the others as not imported).
+    undeclared: Literal["extras", "ignore"] = "extras"
+    # Declared fields whose typed values are the record's extras JSON (an import's mapped
+    # attributes, as numbers, booleans and ISO 8601 times); empty: the undeclared columns are.
+    extras_fields: tuple[str, ...] = ()
+    # A required field's column missing from a CSV file's header fails the file (an import's
+    # mandatory mapping), instead of rejecting every record for it.
+    header_required: bool = False
 
     @property
     def field_names(self) -> list[str]:

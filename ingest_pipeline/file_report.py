@@ -30,7 +30,7 @@ def file_report(
     ledger = _rows(
         con,
         "SELECT source_uri, etag, feed, tenant_id, status, rows_read, rows_loaded, "
-        "rows_duplicate, rows_rejected, error, landed_at, finished_at FROM ingested_files "
+        "rows_duplicate, rows_rejected, error, notes, landed_at, finished_at FROM ingested_files "
         "WHERE source_uri = ? ORDER BY landed_at DESC NULLS LAST",
         [source_uri],
     )
@@ -64,6 +64,8 @@ def render(view: FileReportView) -> str:
         )
         if row["error"]:
             lines.append(f"  error: {row['error']}")
+        if row["notes"]:
+            lines.append(f"  note: {row['notes']}")
     if view.rejected:
         lines.append("rejected lines:")
         for r in view.rejected:

@@ -317,6 +317,7 @@ class FileOutcome:
     bronze_uri: str | None = None
     quarantine_path: Path | None = None  # local Parquet with the file's rejected rows
     retry_at: datetime | None = None
+    notes: str | None = None
 
     @classmethod
     def of_report(
@@ -332,6 +333,7 @@ class FileOutcome:
             rows_rejected=report.rows_rejected,
             bronze_uri=bronze_uri,
             quarantine_path=report.quarantine_path,
+            notes=report.notes,
         )
 
 
@@ -347,6 +349,7 @@ _OUTCOMES_SCHEMA = pa.schema(
         ("quarantine_path", pa.string()),
         ("started_at", pa.timestamp("us", "UTC")),
         ("retry_at", pa.timestamp("us", "UTC")),
+        ("notes", pa.string()),
     ]
 )
 
@@ -378,6 +381,7 @@ def record_outcomes(
         ],
         "started_at": [o.started_at for o in outcomes],
         "retry_at": [o.retry_at for o in outcomes],
+        "notes": [o.notes for o in outcomes],
     }
     for name, values in extra.items():
         files = files.append_column(
@@ -409,7 +413,7 @@ def record_outcomes(
             f"""
             INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, landing_key, landed_at,
                 landing_date, size_bytes, status, rows_read, rows_loaded, rows_duplicate,
-                rows_rejected, bronze_uri, run_id, started_at, finished_at, retry_at, error)
+                rows_rejected, bronze_uri, run_id, started_at, finished_at, retry_at, error, notes)
             SELECT f.source_uri, f.etag, f.tenant_id, ?, f.landing_key, f.landed_at,
                 f.landing_date, f.size_bytes, f.status,
                 CASE WHEN {waiting} THEN NULL ELSE coalesce(f.rows_read, 0) END,
@@ -417,7 +421,7 @@ def record_outcomes(
                 CASE WHEN {final} THEN coalesce(f.rows_duplicate, 0) END,
                 CASE WHEN {waiting} THEN NULL ELSE coalesce(f.rows_rejected, 0) END,
                 f.bronze_uri, ?, f.started_at, CASE WHEN {final} THEN ?::TIMESTAMPTZ END,
-                f.retry_at, f.error
+                f.retry_at, f.error, f.notes
             FROM recorded_files f
             ON CONFLICT (source_uri, etag) DO UPDATE SET
                 status = excluded.status, rows_read = excluded.rows_read,
@@ -425,7 +429,7 @@ def record_outcomes(
                 rows_rejected = excluded.rows_rejected, bronze_uri = excluded.bronze_uri,
                 run_id = excluded.run_id, started_at = excluded.started_at,
                 finished_at = excluded.finished_at, retry_at = excluded.retry_at,
-                error = excluded.error
+                error = excluded.error, notes = excluded.notes
             """,
             [feed, run_id, finished_at],
         )

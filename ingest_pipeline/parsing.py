@@ -28,6 +28,7 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -37,7 +38,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from ingest_pipeline.arrow import pa
-from ingest_pipeline.feeds import FeedSpec
+from ingest_pipeline.feeds import FeedSpec, FieldSpec
 from ingest_pipeline.reading import (
     LINE_SCHEMA,
     READ_BYTES,
@@ -222,14 +223,24 @@ def _ndjson_sql(feed: FeedSpec, lines: str, file_index: str = "0::INTEGER") -> s
     not copying a million strings to drop one byte saves time; the quarantine strips it
     (quarantine_raw). The common case, a valid JSON object, is tested first and alone.
     """
-    fields = feed.field_names
-    paths = "[" + ", ".join(sql_str(json_path(f)) for f in fields) + "]"
+    read = [f for f in feed.fields if f.fixed is None]
+    paths = "[" + ", ".join(sql_str(json_path(f.source)) for f in read) + "]"
+    position = {f.name: i + 1 for i, f in enumerate(read)}
     field_cols = ",\n".join(
-        f"CASE WHEN error IS NULL THEN extracted[{i + 1}] END AS {ident(f)}"
-        for i, f in enumerate(fields)
+        f"CASE WHEN error IS NULL THEN {sql_str(f.fixed)} END AS {ident(f.name)}"
+        if f.fixed is not None
+        else f"CASE WHEN error IS NULL THEN extracted[{position[f.name]}] END AS {ident(f.name)}"
+        for f in feed.fields
     )
     # json_merge_patch with nulls removes the declared keys: what is left are the extras.
-    remove_declared = sql_str("{" + ", ".join(f'"{f}": null' for f in fields) + "}")
+    remove_declared = sql_str(
+        "{" + ", ".join(f"{json.dumps(f.source)}: null" for f in read) + "}"
+    )
+    extras = (
+        "'{}'::JSON"
+        if feed.undeclared == "ignore"
+        else f"json_merge_patch(text, {remove_declared})"
+    )
     return f"""
         WITH decoded AS (
             -- (a UTF-8 byte order mark was dropped by the reader)
@@ -270,8 +281,7 @@ def _ndjson_sql(feed: FeedSpec, lines: str, file_index: str = "0::INTEGER") -> s
                     '\\x22', '"'), '\\x27', ''''), '\\x5C', '\\') END AS raw,
             error,
             {field_cols},
-            CASE WHEN error IS NULL THEN json_merge_patch(text, {remove_declared}) END
-                AS {ident(feed.extras_column)}
+            CASE WHEN error IS NULL THEN {extras} END AS {ident(feed.extras_column)}
         FROM (
             SELECT *,
                    CASE WHEN error IS NULL THEN json_extract_string(text, {paths}) END AS extracted
@@ -822,14 +832,18 @@ def _stage_part(
     split = _quote_split(con, path, best[1]) if split_quotes and best[0] else None
 
     index = {name: i for i, name in enumerate(header.names)}
-    declared = set(feed.field_names)
-    field_cols = ", ".join(
-        f"{_column(index[f])} AS {ident(f)}" if f in index else f"NULL::VARCHAR AS {ident(f)}"
-        for f in feed.field_names
-    )
-    extras = [(name, i) for i, name in enumerate(header.names) if name not in declared]
+
+    def field_value(f: FieldSpec) -> str:
+        if f.fixed is not None:
+            return sql_str(f.fixed)
+        return _column(index[f.source]) if f.source in index else "NULL::VARCHAR"
+
+    field_cols = ", ".join(f"{field_value(f)} AS {ident(f.name)}" for f in feed.fields)
+    extras = [] if feed.undeclared == "ignore" else undeclared_columns(header.names, feed)
     extras_json = (
-        "json_object(" + ", ".join(f"{sql_str(name)}, {_column(i)}" for name, i in extras) + ")"
+        "json_object("
+        + ", ".join(f"{sql_str(name)}, {_column(index[name])}" for name in extras)
+        + ")"
         if extras
         else "'{}'::JSON"
     )
@@ -863,7 +877,13 @@ def _stage_part(
     return split, best[1]
 
 
-def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
+def undeclared_columns(names: Sequence[str], feed: FeedSpec) -> list[str]:
+    """The columns of a CSV header no field of the feed reads, in file order."""
+    declared = {f.source for f in feed.fields if f.fixed is None}
+    return [name for name in names if name not in declared]
+
+
+def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> list[str]:
     """Temp table `staged` from an uncompressed CSV file: one row per record.
 
     A record that opens a quote it does not close on its line (DuckDB's reader would take the
@@ -875,6 +895,18 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> Non
     MAX_QUOTE_SPLITS cuts per file, fewer for a wide one (QUOTE_SPLIT_CELLS).
     """
     header = read_csv_header(path)
+    if feed.header_required:
+        missing = [
+            f
+            for f in feed.fields
+            if f.required and f.fixed is None and f.source not in set(header.names)
+        ]
+        if missing:
+            names = ", ".join(f"'{f.source}' (mapped to {f.name})" for f in missing)
+            raise UnsupportedFile(
+                f"the file has no column {names}: the mapping is mandatory; add the column to "
+                "the file, or map the column that holds it in the manifest"
+            )
     max_splits = max(1, min(MAX_QUOTE_SPLITS, QUOTE_SPLIT_CELLS // len(header.names)))
     part, line_offset, splits, escapes = path, 0, 0, header.escapes
     try:
@@ -890,7 +922,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> Non
             )
             escapes = (escape,)  # the rest of the file is read with the first part's escape
             if split is None:
-                return
+                return header.names
             splits += 1
             line_offset += split.line - 1  # the record after the split is line 2 of the next part
             rest = path.with_name(f"{path.name}.after-quote-{splits}")
@@ -899,7 +931,7 @@ def stage_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> Non
                 part.unlink(missing_ok=True)
             part = rest
             if rest.stat().st_size <= header.end:
-                return
+                return header.names
     finally:
         if part != path:
             part.unlink(missing_ok=True)
@@ -982,13 +1014,12 @@ def _mixed_line_ends(exc: duckdb.Error) -> bool:
     return "state machine reached an invalid state" in str(exc)
 
 
-def _stage_plain_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> None:
+def _stage_plain_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec) -> list[str]:
     """stage_csv; a file whose line ends DuckDB cannot follow is read again from a copy with
     CRLF turned into LF, then (if it still fails) with every CR read as a line end, as Python's
     csv module and spreadsheets read them."""
     try:
-        stage_csv(con, path, feed)
-        return
+        return stage_csv(con, path, feed)
     except duckdb.InvalidInputException as exc:
         if not _mixed_line_ends(exc):
             raise
@@ -997,8 +1028,7 @@ def _stage_plain_csv(con: duckdb.DuckDBPyConnection, path: Path, feed: FeedSpec)
         for lone_cr in (False, True):
             normalize_line_ends(path, lf_only, lone_cr=lone_cr)
             try:
-                stage_csv(con, lf_only, feed)
-                return
+                return stage_csv(con, lf_only, feed)
             except duckdb.InvalidInputException as exc:
                 if not _mixed_line_ends(exc):
                     raise
@@ -1034,6 +1064,7 @@ class Records:
     shape: FileShape
     feed: FeedSpec
     content: FileBytes
+    columns: list[str] | None = None  # a CSV file's header
 
     def sql(self, con: duckdb.DuckDBPyConnection) -> str:
         if self.shape.file_format == "csv":
@@ -1068,7 +1099,7 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
     if shape.file_format == "ndjson":
         return records
     if shape.compression == "none":
-        _stage_plain_csv(con, path, feed)
+        records.columns = _stage_plain_csv(con, path, feed)
         return records
     plain = path.with_name(path.name + ".csv")
     try:
@@ -1079,7 +1110,7 @@ def open_records(con: duckdb.DuckDBPyConnection, path: Path, name: str, feed: Fe
                 read_csv_header(plain)
             except UnsupportedFile:
                 raise UnsupportedFile(f"{records.damage} (no complete header row)") from None
-        _stage_plain_csv(con, plain, feed)
+        records.columns = _stage_plain_csv(con, plain, feed)
     finally:
         plain.unlink(missing_ok=True)
     return records

@@ -58,6 +58,16 @@ DOWNLOADS = 16  # files of a pass downloaded at once
 Log = Callable[[str], None]
 
 
+class DecodeError(Exception):
+    """A channel cannot decode a file it delivered (a configured import's PGP decryption): the
+    file fails with this reason, a person's to act on."""
+
+
+# A channel's decoding of a downloaded file: (local copy, landing key) -> (the file to read,
+# the name that says its format), e.g. `x.csv.gz.pgp` decrypted to `x.csv.gz`.
+Decode = Callable[[Path, str], tuple[Path, str]]
+
+
 def now() -> datetime:
     return datetime.now(UTC)
 
@@ -189,9 +199,11 @@ class _Bronze:
         tmp_dir: Path,
         policy: FeedPolicy,
         retry: RetryPolicy,
+        decode: Decode | None = None,
     ) -> None:
         self.feed, self.landing, self.lake = feed, landing, lake
-        self.policy, self.retry = policy, retry
+        self.policy, self.retry, self.decode = policy, retry, decode
+        self.names: dict[SourceFile, str] = {}  # decoded files: the name saying their format
         self.downloads, self.work = tmp_dir / "download", tmp_dir / "work"
         spill = tmp_dir / "duckdb"
         spill.mkdir()
@@ -224,13 +236,33 @@ class _Bronze:
             if failure.kind == "machinery":
                 raise
             return None, _failure_result(source, failure, attempts, self.retry, started)
+        if self.decode is not None:
+            try:
+                decoded, self.names[source] = self.decode(local, obj.key)
+            except Exception as exc:  # noqa: BLE001 - the file fails alone
+                local.unlink(missing_ok=True)
+                if isinstance(exc, DecodeError):
+                    return None, FileResult(source, "failed", started, error=str(exc))
+                failure = classify(exc, "read", source.uri)
+                if failure.kind == "machinery":
+                    raise
+                return None, _failure_result(source, failure, attempts, self.retry, started)
+            if decoded != local:
+                local.unlink(missing_ok=True)  # the encoded copy is not needed any more
+            return decoded, None
         return local, None
 
     def _read_alone(self, local: Path, source: SourceFile, attempts: int) -> FileResult:
         started = now()
         try:
             report = process_file(
-                local, source, self.feed, self.work / source.file_id, self.policy, self.con
+                local,
+                source,
+                self.feed,
+                self.work / source.file_id,
+                self.policy,
+                self.con,
+                name=self.names.get(source),
             )
         except Exception as exc:  # noqa: BLE001 - the reader should not raise; if it does,
             # the file fails alone with what happened
@@ -271,7 +303,7 @@ class _Bronze:
             else:
                 assert local is not None
                 readable.append((local, source))
-        if len(readable) > 1:
+        if len(readable) > 1 and self.decode is None:
             read = self._read_together(readable, attempts)
         else:
             read = [self._read_alone(p, s, attempts[s.uri, s.etag]) for p, s in readable]
@@ -346,6 +378,7 @@ def ingest_to_bronze(
     retry: RetryPolicy | None = None,
     isolate: bool = False,
     log: Log | None = None,
+    decode: Decode | None = None,
 ) -> BronzeOutcome:
     """Step 1 for a batch of landed files of one feed.
 
@@ -365,7 +398,7 @@ def ingest_to_bronze(
         )
     outcome.skipped_already_ingested = [s.uri for s in done]
     with tempfile.TemporaryDirectory(prefix="ingest-") as tmp:
-        bronze = _Bronze(feed, landing, lake, Path(tmp), policy, retry)
+        bronze = _Bronze(feed, landing, lake, Path(tmp), policy, retry, decode)
         try:
             _bronze_passes(bronze, to_do, by_source, outcome, warehouse_path, run_id, isolate, log)
         finally:

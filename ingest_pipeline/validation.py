@@ -38,9 +38,24 @@ MILLISECONDS_FROM = 1e11
 TYPE_NAMES = {
     "unix_seconds": "Unix seconds (a number)",
     "timestamp": "a timestamp (ISO 8601 or Unix seconds)",
+    "datetime": "a datetime",
     "boolean": "true or false",
     "number": "a number",
 }
+
+
+def type_name(field: FieldSpec) -> str:
+    """What a typed field's value must be, as a reason says it."""
+    if field.kind == "datetime":
+        return f"a datetime in the format '{field.format}'"
+    if field.kind == "boolean" and field.column is not None:
+        return "a boolean (true/false, yes/no or 1/0, any case)"
+    return TYPE_NAMES[field.kind]
+
+
+def has_offset(format: str) -> bool:
+    """Whether a strftime format reads the time's UTC offset or zone itself."""
+    return "%z" in format or "%Z" in format
 
 
 def _finite(sql: str) -> str:
@@ -61,7 +76,15 @@ def typed_sql(field: FieldSpec) -> str:
             f"coalesce({_finite(f'TRY_CAST({col} AS TIMESTAMPTZ)')}, CASE WHEN {seconds} >= 0 "
             f"AND {seconds} < {MAX_UNIX_SECONDS} THEN to_timestamp({seconds}) END)"
         )
+    if field.kind == "datetime":
+        assert field.format is not None, f"{field.name}: a datetime field needs its format"
+        parsed = f"try_strptime({col}, {sql_str(field.format)})"
+        if has_offset(field.format):
+            return f"{parsed}::TIMESTAMPTZ"
+        # a wall-clock time in the field's time zone (ICU, built into DuckDB)
+        return f"timezone({sql_str(field.timezone)}, {parsed})"
     if field.kind == "boolean":
+        # DuckDB's cast: true/false, t/f, yes/no, y/n, 1/0, any case
         return f"TRY_CAST({col} AS BOOLEAN)"
     if field.kind == "number":
         return _finite(f"TRY_CAST({col} AS DOUBLE)")
@@ -118,6 +141,7 @@ JSON_TYPES: dict[str, tuple[str, ...]] = {
     "number": _NUMBER,
     "boolean": ("BOOLEAN",),
     "timestamp": ("VARCHAR", *_NUMBER),
+    "datetime": ("VARCHAR",),
     "object": ("OBJECT",),
 }
 _JSON_TYPE_NAMES = {
@@ -128,6 +152,7 @@ _JSON_TYPE_NAMES = {
     "number": "a number",
     "boolean": "true or false",
     "timestamp": "a string or a number",
+    "datetime": "a string",
     "object": "an object",
 }
 
@@ -139,7 +164,7 @@ def _json_type_rule(field: FieldSpec) -> RowRule:
         f"{field.name}:json_type",
         f"{column} IS NULL OR {column} IN ({allowed})",
         _says(
-            f"field '{field.name}' must be {_JSON_TYPE_NAMES[field.kind]}, got ",
+            f"{field.label} must be {_JSON_TYPE_NAMES[field.kind]}, got ",
             f"CASE {column} WHEN 'VARCHAR' THEN 'a string' WHEN 'OBJECT' THEN 'an object' "
             f"WHEN 'ARRAY' THEN 'an array' WHEN 'BOOLEAN' THEN 'a boolean' ELSE 'a number' END",
         ),
@@ -152,7 +177,7 @@ def _const_rule(field: FieldSpec) -> RowRule:
     return RowRule(
         f"{field.name}:const",
         f"{text} IS NULL OR {text} = {sql_str(field.const)}",
-        _says(f"field '{field.name}' must be '{field.const}', got ", _quoted(text)),
+        _says(f"{field.label} must be '{field.const}', got ", _quoted(text)),
     )
 
 
@@ -165,7 +190,7 @@ def _identity_rules(field: FieldSpec, placeholders: tuple[str, ...]) -> list[Row
             RowRule(
                 f"{name}:required",
                 f"{text} IS NOT NULL",
-                _says(f"missing required field '{name}' (absent or null)"),
+                _says(f"missing required {field.label} (absent or null)"),
             )
         )
     blocked = ", ".join(sql_str(p) for p in placeholders) or "NULL"
@@ -174,7 +199,7 @@ def _identity_rules(field: FieldSpec, placeholders: tuple[str, ...]) -> list[Row
             f"{name}:placeholder",
             f"{text} IS NULL OR lower(trim({text})) NOT IN ({blocked})",
             _says(
-                f"field '{name}' is a placeholder identity (",
+                f"{field.label} is a placeholder identity (",
                 _quoted(text),
                 "): it names nobody in particular, and merging people on it would fuse "
                 "strangers; send the person's real identity or leave the line out",
@@ -186,7 +211,7 @@ def _identity_rules(field: FieldSpec, placeholders: tuple[str, ...]) -> list[Row
             f"{name}:length",
             f"{trimmed} IS NULL OR length({trimmed}) <= {MAX_IDENTITY_CHARS}",
             _says(
-                f"field '{name}' is longer than {MAX_IDENTITY_CHARS} characters (",
+                f"{field.label} is longer than {MAX_IDENTITY_CHARS} characters (",
                 f"length({trimmed})::VARCHAR",
                 f" characters): an identity is at most {MAX_IDENTITY_CHARS} characters",
             ),
@@ -223,7 +248,7 @@ def _value_rules(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
             RowRule(
                 f"{name}:required",
                 present,
-                _says(f"missing required field '{name}' (absent, null or empty)"),
+                _says(f"missing required {field.label} (absent, null or empty)"),
             )
         )
     if field.kind in TYPE_NAMES:
@@ -231,7 +256,7 @@ def _value_rules(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
             RowRule(
                 f"{name}:type",
                 f"NOT ({present}) OR {typed} IS NOT NULL",
-                _says(f"field '{name}' must be {TYPE_NAMES[field.kind]}, got ", value),
+                _says(f"{field.label} must be {type_name(field)}, got ", value),
             )
         )
     if field.kind == "unix_seconds":
@@ -239,7 +264,7 @@ def _value_rules(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
             RowRule(
                 f"{name}:milliseconds",
                 f"NOT coalesce({typed} >= {MILLISECONDS_FROM}, false)",
-                _says(f"field '{name}' looks like milliseconds (", value, "): send Unix seconds"),
+                _says(f"{field.label} looks like milliseconds (", value, "): send Unix seconds"),
             )
         )
         rules.append(
@@ -248,7 +273,7 @@ def _value_rules(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
                 f"NOT coalesce({typed} < 0 OR ({typed} >= {MAX_UNIX_SECONDS} AND "
                 f"{typed} < {MILLISECONDS_FROM}), false)",
                 _says(
-                    f"field '{name}' is out of range (",
+                    f"{field.label} is out of range (",
                     value,
                     "): expected Unix seconds between 1970 and 2286",
                 ),
@@ -260,7 +285,7 @@ def _value_rules(field: FieldSpec, feed: FeedSpec) -> list[RowRule]:
             RowRule(
                 f"{name}:email",
                 f"NOT ({present}) OR coalesce({matches}, false)",
-                _says(f"field '{name}' is not an email address, got ", value),
+                _says(f"{field.label} is not an email address, got ", value),
             )
         )
     return rules

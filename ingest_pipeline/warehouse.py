@@ -173,6 +173,8 @@ ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS requests INTEGER;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS request_key VARCHAR;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS queued_at TIMESTAMPTZ;
 ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS retry_at TIMESTAMPTZ;
+-- What the reader noticed that is not an error (an import's columns not in its manifest).
+ALTER TABLE ingested_files ADD COLUMN IF NOT EXISTS notes VARCHAR;
 ALTER TABLE attribute_values ADD COLUMN IF NOT EXISTS etag VARCHAR;
 ALTER TABLE attribute_values ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;
 ALTER TABLE aliases ADD COLUMN IF NOT EXISTS recorded_at TIMESTAMPTZ;

@@ -12,29 +12,34 @@ never appear in URLs, logs, messages or metadata.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import posixpath
 import shutil
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self, TypeVar
-from urllib.parse import urlparse
+from typing import Any, Protocol, Self
 
 import boto3
 
 from ingest_pipeline.config import FlowConfig
 from ingest_pipeline.landing import is_s3_url, join_key, split_s3_url
-
-T = TypeVar("T")
-
-SFTP_CONNECT_TIMEOUT_SECONDS = 30.0
+from ingest_pipeline.sftp import (
+    SFTP_CONNECT_TIMEOUT_SECONDS,
+    SftpCredentials,
+    SftpError,
+    SftpSession,
+    SftpUnreachable,
+)
 
 
 class ExportTargetError(RuntimeError):
     """A target that cannot be used as configured (missing secret, bad URL, refused login)."""
+
+
+class ExportTargetUnreachable(ExportTargetError, ConnectionError):
+    """The target's server cannot be reached now (refused, timed out, connection lost)."""
 
 
 class ExportTarget(Protocol):
@@ -170,168 +175,61 @@ class S3Target(_Closing):
 # --- SFTP -----------------------------------------------------------------------------------------
 
 
-def _env_secret(name: str, field: str, flow: FlowConfig) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise ExportTargetError(
-            f"flow {flow.id} ({flow.name}): environment variable {name} ({field}) is not set"
-        )
-    return value
+@contextmanager
+def _as_export_errors() -> Iterator[None]:
+    # Exports speak ExportTargetError; an unreachable server stays an OSError (ConnectionError),
+    # as it always was, so a failed delivery is a transient failure that the retry finishes.
+    try:
+        yield
+    except SftpUnreachable as exc:
+        raise ExportTargetUnreachable(str(exc)) from exc
+    except SftpError as exc:
+        raise ExportTargetError(str(exc)) from None
 
 
 class SFTPTarget(_Closing):
-    """`sftp://user@host[:port][/folder]` with asyncssh, password or private key from the
-    environment variables the flow names; the server's host key must be in known_hosts (the
-    flow's `target_known_hosts`, else ~/.ssh/known_hosts).
+    """`sftp://user@host[:port][/folder]` through the project's SFTP client (ingest_pipeline.sftp),
+    with the password or private key from the environment variables the flow names; the server's
+    host key must be in known_hosts (the flow's `target_known_hosts`, else ~/.ssh/known_hosts).
 
     Without a folder in the URL, paths are relative to the login directory. Files are uploaded to
-    a hidden temporary name and renamed into place with the `posix-rename@openssh.com` extension
-    (an atomic replace); servers without it get remove-then-rename.
+    a hidden temporary name and renamed into place (an atomic replace; see SftpSession).
     """
 
     def __init__(self, url: str, flow: FlowConfig) -> None:
-        parsed = urlparse(url)
-        if parsed.scheme.lower() != "sftp" or not parsed.hostname:
-            raise ExportTargetError(f"not an sftp://user@host[:port][/path] URL: {url!r}")
-        if parsed.password is not None:
-            raise ExportTargetError(
-                "an sftp target URL must not contain a password; use target_password_env"
+        credentials = SftpCredentials(
+            password_env=flow.target_password_env,
+            key_env=flow.target_key_env,
+            known_hosts=flow.target_known_hosts,
+            owner=f"flow {flow.id} ({flow.name})",
+        )
+        with _as_export_errors():
+            self.session = SftpSession(
+                url, credentials, connect_timeout=SFTP_CONNECT_TIMEOUT_SECONDS
             )
-        if not parsed.username:
-            raise ExportTargetError(f"sftp target has no user: {url!r}")
-        self.user = parsed.username
-        self.host = parsed.hostname
-        self.port = parsed.port or 22
-        self.prefix = parsed.path.rstrip("/")  # '' (login directory) or an absolute folder
-        netloc = f"{self.user}@{self.host}" + (f":{parsed.port}" if parsed.port else "")
-        self.url = f"sftp://{netloc}{self.prefix}"
+        self.user = self.session.user
+        self.host = self.session.host
+        self.port = self.session.port
+        self.prefix = self.session.prefix
+        self.url = self.session.url
         self.bucket = self.host
-        self._netloc = netloc
-        self._flow = flow
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._conn: Any = None
-        self._sftp: Any = None
 
     def remote_path(self, key: str) -> str:
-        key = _check_key(key)
-        return posixpath.join(self.prefix, key) if self.prefix else key
+        return self.session.remote_path(key)
 
     def file_url(self, key: str) -> str:
-        path = self.remote_path(key)
-        return f"sftp://{self._netloc}{path if path.startswith('/') else '/' + path}"
-
-    def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
-
-    async def _connect(self) -> Any:
-        import asyncssh
-
-        flow = self._flow
-        options: dict[str, Any] = {
-            "username": self.user,
-            "port": self.port,
-            "connect_timeout": SFTP_CONNECT_TIMEOUT_SECONDS,
-            "agent_path": None,  # only the credentials the flow names
-            "client_keys": None,
-            "password": None,
-        }
-        if flow.target_known_hosts:
-            options["known_hosts"] = str(Path(flow.target_known_hosts).expanduser())
-        if flow.target_key_env:
-            key_text = _env_secret(flow.target_key_env, "target_key_env", flow)
-            try:
-                options["client_keys"] = [asyncssh.import_private_key(key_text)]
-            except (asyncssh.KeyImportError, ValueError) as exc:
-                # The message says what kind of problem, never the key.
-                raise ExportTargetError(
-                    f"flow {flow.id} ({flow.name}): {flow.target_key_env} does not hold a "
-                    f"usable private key ({type(exc).__name__})"
-                ) from None
-        if flow.target_password_env:
-            options["password"] = _env_secret(flow.target_password_env, "target_password_env", flow)
-        if options["client_keys"] is None and options["password"] is None:
-            raise ExportTargetError(
-                f"flow {flow.id} ({flow.name}): an sftp target needs target_password_env or "
-                "target_key_env"
-            )
-        try:
-            conn = await asyncssh.connect(self.host, **options)
-        except asyncssh.PermissionDenied as exc:
-            raise ExportTargetError(
-                f"{self.url}: login refused for user {self.user!r} ({exc.reason})"
-            ) from None
-        except asyncssh.HostKeyNotVerifiable as exc:
-            raise ExportTargetError(
-                f"{self.url}: host key not trusted ({exc.reason}); add it to the known_hosts "
-                "file (target_known_hosts)"
-            ) from None
-        sftp = await conn.start_sftp_client()
-        return conn, sftp
-
-    def _client(self) -> Any:
-        if self._sftp is None:
-            self._conn, self._sftp = self._run(self._connect())
-        return self._sftp
-
-    async def _replace(self, key: str, upload: Callable[[Any, str], Coroutine[Any, Any, None]]):
-        import asyncssh
-
-        sftp = self._sftp
-        final = self.remote_path(key)
-        folder, name = posixpath.split(final)
-        if folder:
-            await sftp.makedirs(folder, exist_ok=True)
-        tmp = posixpath.join(folder, f".{name}.{uuid.uuid4().hex[:12]}.tmp")
-        try:
-            await upload(sftp, tmp)
-            try:
-                await sftp.posix_rename(tmp, final)
-            except asyncssh.SFTPOpUnsupported:
-                # Plain SFTP rename fails when the target exists: remove, then rename.
-                try:
-                    await sftp.remove(final)
-                except asyncssh.SFTPNoSuchFile:
-                    pass
-                await sftp.rename(tmp, final)
-        except BaseException:
-            try:
-                await sftp.remove(tmp)
-            except (asyncssh.Error, OSError):
-                pass
-            raise
+        return self.session.file_url(key)
 
     def put_file(self, local: Path, key: str) -> None:
-        self._client()
-
-        async def upload(sftp: Any, tmp: str) -> None:
-            await sftp.put(str(local), tmp)
-
-        self._run(self._replace(key, upload))
+        with _as_export_errors():
+            self.session.put_file(local, key)
 
     def put_bytes(self, body: bytes, key: str) -> None:
-        self._client()
-
-        async def upload(sftp: Any, tmp: str) -> None:
-            async with sftp.open(tmp, "wb") as handle:
-                await handle.write(body)
-
-        self._run(self._replace(key, upload))
+        with _as_export_errors():
+            self.session.put_bytes(body, key)
 
     def close(self) -> None:
-        if self._loop is None:
-            return
-        try:
-            if self._sftp is not None:
-                self._sftp.exit()
-            if self._conn is not None:
-                self._conn.close()
-                self._run(self._conn.wait_closed())
-        finally:
-            self._sftp = self._conn = None
-            self._loop.close()
-            self._loop = None
+        self.session.close()
 
     def __repr__(self) -> str:
         return f"SFTPTarget({self.url!r})"

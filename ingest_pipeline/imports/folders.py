@@ -1,0 +1,162 @@
+"""An import's folder: the client's S3 prefix, SFTP folder or a local folder, opened with the
+import's own credentials, listed one level deep (imports never look inside sub-folders).
+
+A folder is a landing zone (landing.py) for the shared path's downloads; listing problems are
+told in the vendor's words ("Given S3 access key is not valid", "Please check the folder path
+and try again")."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingest_pipeline.config import ImportConfig, IngestConfig
+from ingest_pipeline.landing import LandedObject, LandingZone, LocalLanding, S3Landing
+
+INVALID_ACCESS_KEY = "Given S3 access key is not valid"
+CHECK_FOLDER = "Please check the folder path and try again"
+_BAD_KEY_CODES = {"InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken"}
+_NO_FOLDER_CODES = {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "PermanentRedirect"}
+
+
+class FolderError(Exception):
+    """The folder cannot be listed; the message says why, in the vendor's words where they
+    apply, and never holds a secret."""
+
+
+@dataclass
+class FolderListing:
+    files: list[LandedObject] = field(default_factory=list)  # directly in the folder
+    subfolders: list[str] = field(default_factory=list)  # names, not looked into
+
+
+def _secret(name: str, what: str, imp: ImportConfig) -> str:
+    value = os.environ.get(name)
+    if not value:
+        raise FolderError(f"import {imp.name}: environment variable {name} ({what}) is not set")
+    return value
+
+
+def s3_client(imp: ImportConfig) -> Any:
+    """A boto3 client with the import's credentials (else the standard AWS variables);
+    AWS_ENDPOINT_URL still applies (an S3-compatible server)."""
+    import boto3
+
+    kwargs: dict[str, Any] = {}
+    if imp.s3_access_key_env and imp.s3_secret_key_env:
+        kwargs["aws_access_key_id"] = _secret(imp.s3_access_key_env, "s3_access_key_env", imp)
+        kwargs["aws_secret_access_key"] = _secret(imp.s3_secret_key_env, "s3_secret_key_env", imp)
+    if imp.s3_session_token_env:
+        kwargs["aws_session_token"] = _secret(
+            imp.s3_session_token_env, "s3_session_token_env", imp
+        )
+    if imp.s3_region:
+        kwargs["region_name"] = imp.s3_region
+    return boto3.session.Session().client("s3", **kwargs)
+
+
+class ImportFolder:
+    """The folder of one import, for one run (close it after)."""
+
+    def __init__(self, imp: ImportConfig, url: str) -> None:
+        self.imp, self.url = imp, url
+        self._sftp: Any = None
+        self.zone: LandingZone
+        if imp.channel == "s3":
+            self.zone = S3Landing(url, client=s3_client(imp))
+        elif imp.channel == "sftp":
+            from ingest_pipeline.sftp import SftpCredentials, SftpLanding, SftpSession
+
+            self._sftp = SftpSession(
+                url,
+                SftpCredentials(
+                    password_env=imp.sftp_password_env,
+                    key_env=imp.sftp_key_env,
+                    known_hosts=imp.sftp_known_hosts,
+                    owner=f"import {imp.name}",
+                    env_field_password="sftp_password_env",
+                    env_field_key="sftp_key_env",
+                ),
+            )
+            self.zone = SftpLanding(self._sftp)
+        else:
+            if not os.path.isdir(url):
+                # LocalLanding would create it: a folder that is not there is a wrong path
+                self.zone = None  # type: ignore[assignment]
+            else:
+                self.zone = LocalLanding(url)
+
+    def listing(self) -> FolderListing:
+        if self.imp.channel == "s3":
+            return self._s3_listing()
+        if self.imp.channel == "sftp":
+            return self._sftp_listing()
+        if self.zone is None:
+            raise FolderError(f"{CHECK_FOLDER}: {self.url} is not a folder")
+        assert isinstance(self.zone, LocalLanding)
+        listing = FolderListing()
+        for entry in sorted(os.scandir(self.url), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue  # in-progress copies (landing.LocalLanding)
+            if entry.is_dir(follow_symlinks=False):
+                listing.subfolders.append(entry.name)
+            elif entry.is_file():
+                obj = self.zone.stat(entry.name)
+                if obj is not None:
+                    listing.files.append(obj)
+        return listing
+
+    def _s3_listing(self) -> FolderListing:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        assert isinstance(self.zone, S3Landing)
+        zone, listing = self.zone, FolderListing()
+        prefix = f"{zone.prefix}/"
+        try:
+            pages = zone.client.get_paginator("list_objects_v2").paginate(
+                Bucket=zone.bucket, Prefix=prefix, Delimiter="/"
+            )
+            for page in pages:
+                for common in page.get("CommonPrefixes", ()):
+                    listing.subfolders.append(common["Prefix"][len(prefix) :].rstrip("/"))
+                for item in page.get("Contents", ()):
+                    name = item["Key"][len(prefix) :]
+                    if name:  # not the folder marker itself
+                        listing.files.append(
+                            zone._object(name, item["ETag"], item["Size"], item["LastModified"])
+                        )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _BAD_KEY_CODES:
+                raise FolderError(f"{INVALID_ACCESS_KEY} ({code})") from None
+            if code in _NO_FOLDER_CODES:
+                raise FolderError(f"{CHECK_FOLDER}: {self.url} ({code})") from None
+            raise FolderError(f"listing {self.url} failed: {code or exc}") from None
+        except BotoCoreError as exc:
+            raise FolderError(f"listing {self.url} failed: {exc}") from None
+        return listing
+
+    def _sftp_listing(self) -> FolderListing:
+        from ingest_pipeline.sftp import SftpError
+
+        try:
+            files = self.zone.list_folder()  # type: ignore[attr-defined]
+            subfolders = self.zone.subfolders()  # type: ignore[attr-defined]
+        except SftpError as exc:
+            raise FolderError(str(exc)) from None
+        return FolderListing(files, subfolders)
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+
+    def __enter__(self) -> ImportFolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def open_folder(config: IngestConfig, imp: ImportConfig) -> ImportFolder:
+    return ImportFolder(imp, config.import_folder(imp))
