@@ -48,9 +48,7 @@ def s3_client(imp: ImportConfig) -> Any:
         kwargs["aws_access_key_id"] = _secret(imp.s3_access_key_env, "s3_access_key_env", imp)
         kwargs["aws_secret_access_key"] = _secret(imp.s3_secret_key_env, "s3_secret_key_env", imp)
     if imp.s3_session_token_env:
-        kwargs["aws_session_token"] = _secret(
-            imp.s3_session_token_env, "s3_session_token_env", imp
-        )
+        kwargs["aws_session_token"] = _secret(imp.s3_session_token_env, "s3_session_token_env", imp)
     if imp.s3_region:
         kwargs["region_name"] = imp.s3_region
     return boto3.session.Session().client("s3", **kwargs)

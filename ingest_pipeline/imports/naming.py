@@ -30,7 +30,9 @@ def file_verdict(name: str, prefix: str, datetime_format: str) -> NameVerdict:
     tail = next((m for m in _TAIL.finditer(rest) if m.end() == len(rest)), None)
     if tail is None:
         return NameVerdict(
-            name, False, f"the name does not end with .csv, .csv.gz, then optionally .pgp or .gpg ({expected})"
+            name,
+            False,
+            f"the name does not end with .csv, .csv.gz, then optionally .pgp or .gpg ({expected})",
         )
     stamp_text = rest[: tail.start()]
     try:
