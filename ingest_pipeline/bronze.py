@@ -285,9 +285,7 @@ def _fields_json_sql(feed: FeedSpec) -> str:
         f"struct_pack(k := {sql_str(name)}, v := {_json_value_sql(by_name[name])})"
         for name in feed.extras_fields
     )
-    return (
-        f"to_json(map_from_entries(list_filter([{entries}], lambda e: e.v IS NOT NULL)))"
-    )
+    return f"to_json(map_from_entries(list_filter([{entries}], lambda e: e.v IS NOT NULL)))"
 
 
 def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:
@@ -830,3 +828,35 @@ def process_pass(
     finally:
         if own:
             con.close()
+
+
+def first_records(
+    con: duckdb.DuckDBPyConnection,
+    local_path: Path,
+    name: str,
+    source: SourceFile,
+    feed: FeedSpec,
+    limit: int,
+) -> tuple[list[str], list[str], list[tuple]]:
+    """The first `limit` records of a file as the bronze pass sees them (previews): the file's
+    header (CSV), the column names, and per record its line, raw text, each field's bronze
+    value, the extras, and why it would be rejected (`error`, `rule_error`). Writes nothing."""
+    records = open_records(con, local_path, name, feed)
+    query = _records_query(feed, records.sql(con), _Provenance([source], feed.name))
+    columns = [
+        "line_number",
+        "raw",
+        *(_bronze_value(f) for f in feed.fields),
+        feed.extras_column,
+        "error",
+        "rule_error",
+    ]
+    try:
+        rows = con.execute(
+            f"SELECT {', '.join(ident(c) for c in columns)} FROM ({query}) "
+            f"ORDER BY line_number LIMIT {int(limit)}"
+        ).fetchall()
+    finally:
+        records.release(con)
+    names = ["line_number", "raw", *(f.name for f in feed.fields), feed.extras_column]
+    return records.columns or [], [*names, "error", "rule_error"], rows

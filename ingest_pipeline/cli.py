@@ -7,6 +7,8 @@ ingest-pipeline preview FILE                the first records as the pipeline re
 ingest-pipeline status [--feed F]           files not final (stuck ones first), failed files
 ingest-pipeline report SOURCE_URI           one file: counts, rejected lines, refused aliases
 ingest-pipeline identities rebuild          the identity graph recomputed from the aliases
+ingest-pipeline imports check NAME          an import's set-up tried with its credentials
+ingest-pipeline imports preview NAME        its most recent file, as read and as mapped
 """
 
 from __future__ import annotations
@@ -288,6 +290,51 @@ def _cmd_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_imports(args: argparse.Namespace) -> int:
+    from ingest_pipeline.imports.preview import check_import, preview_import
+
+    config = load_config(get_settings().config_path)
+    try:
+        imp = config.import_config(args.name)
+    except KeyError as exc:
+        print(exc.args[0])
+        return 1
+    if args.action == "check":
+        check = check_import(config, imp)
+        for line in check.ok:
+            print(f"ok: {line}")
+        for line in check.notes:
+            print(f"note: {line}")
+        for line in check.problems:
+            print(f"problem: {line}")
+        print(f"import {imp.name}: " + ("ready" if not check.problems else "NOT ready"))
+        return 1 if check.problems else 0
+    preview = preview_import(config, imp, rows=args.rows)
+    if preview.problems:
+        for line in preview.problems:
+            print(f"problem: {line}")
+        return 1
+    print(f"import {imp.name}: most recent file {preview.file}")
+    print("\nheader:\n  " + ",".join(preview.header))
+    print(f"\ntop {len(preview.raw)} rows as read:")
+    for line, raw in preview.raw:
+        print(f"  line {line}: {raw.rstrip()}")
+    print("\nmapping (column -> attribute: type):")
+    for column, attribute, kind in preview.mapping:
+        print(f"  {column} -> {attribute}: {kind}")
+    if preview.skipped:
+        print("  skipped (skip in the manifest): " + ", ".join(preview.skipped))
+    if preview.not_imported:
+        print("  not imported (not in the manifest): " + ", ".join(preview.not_imported))
+    print("\nthe same rows after the mapping:")
+    for line, values, problem in preview.mapped:
+        shown = ", ".join(f"{k}={'' if v is None else v}" for k, v in values.items())
+        print(f"  line {line}: {shown}")
+        if problem:
+            print(f"      would be rejected: {problem}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest-pipeline",
@@ -333,6 +380,20 @@ def build_parser() -> argparse.ArgumentParser:
         "rebuild", help="recompute identities from scratch from the aliases table"
     )
     rebuild.set_defaults(func=_cmd_identities)
+    imports = sub.add_parser("imports", help="configured CSV imports: check, preview")
+    imports_sub = imports.add_subparsers(dest="action", required=True)
+    check = imports_sub.add_parser(
+        "check",
+        help="connect with the import's credentials, read its newest file; exit 1 on a problem",
+    )
+    check.add_argument("name", help="the import's name in ingest.yaml")
+    check.set_defaults(func=_cmd_imports)
+    import_preview = imports_sub.add_parser(
+        "preview", help="the newest file's header, top rows as read and after the mapping"
+    )
+    import_preview.add_argument("name", help="the import's name in ingest.yaml")
+    import_preview.add_argument("--rows", type=int, default=5)
+    import_preview.set_defaults(func=_cmd_imports)
     api = sub.add_parser("api", help="start the Ingestion API (FastAPI under uvicorn)")
     api.add_argument("--host", help="default: INGEST_API_HOST or 127.0.0.1")
     api.add_argument("--port", type=int, help="default: INGEST_API_PORT or 8000")

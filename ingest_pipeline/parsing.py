@@ -233,9 +233,7 @@ def _ndjson_sql(feed: FeedSpec, lines: str, file_index: str = "0::INTEGER") -> s
         for f in feed.fields
     )
     # json_merge_patch with nulls removes the declared keys: what is left are the extras.
-    remove_declared = sql_str(
-        "{" + ", ".join(f"{json.dumps(f.source)}: null" for f in read) + "}"
-    )
+    remove_declared = sql_str("{" + ", ".join(f"{json.dumps(f.source)}: null" for f in read) + "}")
     extras = (
         "'{}'::JSON"
         if feed.undeclared == "ignore"

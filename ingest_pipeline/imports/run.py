@@ -109,7 +109,7 @@ def plan_import(
     return plan
 
 
-class _Decoder:
+class Decoder:
     """The import's decoding of a downloaded file: PGP decryption (one private keyring for the
     run, made at the first encrypted file) for `.pgp`/`.gpg` names."""
 
@@ -231,7 +231,7 @@ def run_import(
             result.plan = plan
             if plan.take:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="import-")))
-                decoder = _Decoder(imp, workdir)
+                decoder = Decoder(imp, workdir)
                 stack.callback(decoder.close)
                 bronze = pipeline.ingest_to_bronze(
                     plan.take,
