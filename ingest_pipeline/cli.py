@@ -335,6 +335,13 @@ def _cmd_imports(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ingest-pipeline",
@@ -392,7 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
         "preview", help="the newest file's header, top rows as read and after the mapping"
     )
     import_preview.add_argument("name", help="the import's name in ingest.yaml")
-    import_preview.add_argument("--rows", type=int, default=5)
+    import_preview.add_argument("--rows", type=_positive, default=5, help="rows shown (>= 1)")
     import_preview.set_defaults(func=_cmd_imports)
     api = sub.add_parser("api", help="start the Ingestion API (FastAPI under uvicorn)")
     api.add_argument("--host", help="default: INGEST_API_HOST or 127.0.0.1")
