@@ -9,6 +9,7 @@ ingest-pipeline report SOURCE_URI           one file: counts, rejected lines, re
 ingest-pipeline identities rebuild          the identity graph recomputed from the aliases
 ingest-pipeline imports check NAME          an import's set-up tried with its credentials
 ingest-pipeline imports preview NAME        its most recent file, as read and as mapped
+ingest-pipeline imports run NAME [--file F]  the folder's new files now, without Dagster
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 
@@ -299,6 +301,8 @@ def _cmd_imports(args: argparse.Namespace) -> int:
     except KeyError as exc:
         print(exc.args[0])
         return 1
+    if args.action == "run":
+        return _run_import(config, imp, args.file or [])
     if args.action == "check":
         check = check_import(config, imp)
         for line in check.ok:
@@ -333,6 +337,33 @@ def _cmd_imports(args: argparse.Namespace) -> int:
         if problem:
             print(f"      would be rejected: {problem}")
     return 0
+
+
+def _run_import(config: Any, imp: Any, names: list[str]) -> int:
+    from ingest_pipeline.imports.notify import SmtpSettings, send_summary
+    from ingest_pipeline.imports.run import run_import
+
+    settings = get_settings()
+    result = run_import(
+        config,
+        imp,
+        lake=landing_from_url(settings.lake_url),
+        warehouse_path=settings.warehouse_path,
+        names=names,
+        log=lambda message: print(f"warning: {message}", file=sys.stderr),
+    )
+    summary = result.summary
+    send_summary(summary, imp.notify, SmtpSettings.from_env(), log=print)
+    for name, why in summary.ignored:
+        print(f"ignored {name}: {why}")
+    for f in summary.files:
+        print(
+            f"{f.name}: {f.status}, {f.rows_read} read, {f.rows_loaded} loaded, "
+            f"{f.rows_duplicate} duplicates, {f.rows_rejected} rejected"
+            + (f" ({f.error})" if f.error else "")
+        )
+    print(summary.subject())
+    return 0 if summary.succeeded else 1
 
 
 def _positive(text: str) -> int:
@@ -401,6 +432,14 @@ def build_parser() -> argparse.ArgumentParser:
     import_preview.add_argument("name", help="the import's name in ingest.yaml")
     import_preview.add_argument("--rows", type=_positive, default=5, help="rows shown (>= 1)")
     import_preview.set_defaults(func=_cmd_imports)
+    run = imports_sub.add_parser(
+        "run", help="take the folder's new files now (no Dagster); exit 1 if any failed"
+    )
+    run.add_argument("name", help="the import's name in ingest.yaml")
+    run.add_argument(
+        "--file", action="append", help="re-run this file name whatever its earlier outcome"
+    )
+    run.set_defaults(func=_cmd_imports)
     api = sub.add_parser("api", help="start the Ingestion API (FastAPI under uvicorn)")
     api.add_argument("--host", help="default: INGEST_API_HOST or 127.0.0.1")
     api.add_argument("--port", type=int, help="default: INGEST_API_PORT or 8000")
