@@ -182,7 +182,7 @@ class _RedactKeyData(logging.Filter):
     _MESSAGES = frozenset({"import_keys: %r", "scan_keys: %r"})
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.msg in self._MESSAGES:
+        if isinstance(record.msg, str) and record.msg in self._MESSAGES:
             record.args = ("<key data redacted>",)
         return True
 
@@ -440,7 +440,9 @@ class Decryptor:
         stderr = result.stderr or ""
         statuses = _statuses(stderr)
         keywords = {keyword for keyword, _ in statuses}
-        encrypted_to = [value.split()[0] for keyword, value in statuses if keyword == "ENC_TO"]
+        encrypted_to = [
+            value.split()[0] for keyword, value in statuses if keyword == "ENC_TO" and value
+        ]
 
         if "NEED_PASSPHRASE_SYM" in keywords and not encrypted_to:
             return SYMMETRIC
@@ -524,22 +526,26 @@ class Decryptor:
                 or (len(valid) >= 10 and valid[9].upper() in self._signer_fingerprints)
             )
             if "BADSIG" in found:
-                key_id = found["BADSIG"].split()[0]
+                key_id = (found["BADSIG"].split() or ["unknown"])[0]
                 return (
                     f"the signature by key ID {key_id} is bad (the file was changed after signing)"
                 )
             if "GOODSIG" in found and by_signer:
                 accepted = True
             elif by_signer and "EXPKEYSIG" in found:
-                problems.append("the configured signing key has expired")
+                problems.append(
+                    "the configured signing key has expired (ask the client for its renewed public key)"
+                )
             elif by_signer and "REVKEYSIG" in found:
-                problems.append("the configured signing key has been revoked")
+                problems.append(
+                    "the configured signing key has been revoked (ask the client for its new key)"
+                )
             elif by_signer and "EXPSIG" in found:
                 problems.append("the signature has expired")
             elif valid:
                 problems.append(f"the file is signed by key {valid[0]}, not by the configured key")
             elif "ERRSIG" in found:
-                parts = found["ERRSIG"].split()
+                parts = found["ERRSIG"].split() or ["unknown"]
                 key = parts[6] if len(parts) >= 7 else parts[0]
                 if len(parts) >= 6 and parts[5].isdigit() and int(parts[5]) != _GPG_ERR_NO_PUBKEY:
                     problems.append(f"gpg cannot check the signature by key {key}")

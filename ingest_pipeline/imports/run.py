@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import tempfile
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,7 +22,7 @@ from pathlib import Path
 import duckdb
 
 from ingest_pipeline import pipeline, warehouse
-from ingest_pipeline.config import ImportConfig, IngestConfig
+from ingest_pipeline.config import ImportConfig, IngestConfig, PgpConfig
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.imports.feed import import_feed
 from ingest_pipeline.imports.folders import FolderError, FolderListing, open_folder
@@ -117,6 +118,7 @@ class Decoder:
         self.imp, self.workdir = imp, workdir
         self._decryptor = None
         self._problem: str | None = None
+        self._lock = threading.Lock()  # downloads may run in a pool: one keyring per run
 
     def __call__(self, local: Path, key: str) -> tuple[Path, str]:
         lower = key.lower()
@@ -128,7 +130,7 @@ class Decoder:
                     "import"
                 )
             return local, key
-        from ingest_pipeline.imports.pgp import Decryptor, PgpError, PgpKeys
+        from ingest_pipeline.imports.pgp import PgpError
 
         plain_name = key[: -len(".pgp")]
         pgp = self.imp.pgp
@@ -137,14 +139,8 @@ class Decoder:
                 f"the file is PGP-encrypted, and import {self.imp.name} configures no keys to "
                 "decrypt it: add `pgp: {private_key_env: ..., passphrase_env: ...}`"
             )
-        if self._decryptor is None and self._problem is None:
-            try:
-                keys = PgpKeys.from_env(
-                    pgp.private_key_env, pgp.passphrase_env, pgp.signer_public_key_env
-                )
-                self._decryptor = Decryptor(keys, workdir=self.workdir)
-            except PgpError as exc:
-                self._problem = str(exc)
+        with self._lock:
+            self._open_keyring(pgp)
         if self._problem is not None:
             raise pipeline.DecodeError(self._problem)
         assert self._decryptor is not None
@@ -154,6 +150,18 @@ class Decoder:
         except PgpError as exc:
             raise pipeline.DecodeError(str(exc)) from None
         return dest, plain_name
+
+    def _open_keyring(self, pgp: PgpConfig) -> None:
+        from ingest_pipeline.imports.pgp import Decryptor, PgpError, PgpKeys
+
+        if self._decryptor is None and self._problem is None:
+            try:
+                keys = PgpKeys.from_env(
+                    pgp.private_key_env, pgp.passphrase_env, pgp.signer_public_key_env
+                )
+                self._decryptor = Decryptor(keys, workdir=self.workdir)
+            except PgpError as exc:
+                self._problem = str(exc)
 
     def close(self) -> None:
         if self._decryptor is not None:
