@@ -266,6 +266,23 @@ def _remove(path: Path) -> None:
         pass
 
 
+# What mkdtemp adds to the parent: "/gnupg-" and 8 random characters.
+_HOME_SUFFIX = len("/gnupg-") + 8
+
+
+def _home_parent(workdir: Path | None) -> str:
+    """Where the private home goes: `workdir`, else the temp dir, else /tmp, the first whose
+    home path leaves room for gpg-agent's socket (a deep TMPDIR would stop the agent)."""
+    room = _SOCKET_PATH_MAX - len(_AGENT_SOCKET) - 1 - _HOME_SUFFIX
+    candidates = [str(workdir)] if workdir is not None else []
+    candidates += [tempfile.gettempdir(), "/tmp"]
+    for parent in candidates:
+        if len(os.path.abspath(parent)) <= room:
+            Path(parent).mkdir(parents=True, exist_ok=True)
+            return parent
+    return candidates[-1]
+
+
 class Decryptor:
     """One run's private GnuPG home: a fresh temporary directory (mode 0700, under `workdir` if
     given, else the system temp dir), keys imported once, used for many files, removed on close
@@ -276,11 +293,7 @@ class Decryptor:
         self._passphrase = self._gpg_passphrase(keys.passphrase)
         self._has_passphrase = self._passphrase is not None
         self._check_signer = keys.signer_public_key is not None
-        if workdir is not None:
-            Path(workdir).mkdir(parents=True, exist_ok=True)
-        self._home = tempfile.mkdtemp(
-            prefix="gnupg-", dir=None if workdir is None else str(workdir)
-        )
+        self._home = tempfile.mkdtemp(prefix="gnupg-", dir=_home_parent(workdir))
         os.chmod(self._home, 0o700)
         self._finalizer = weakref.finalize(
             self, _remove_home, self._home, _gpgconf_binary(), self._env
