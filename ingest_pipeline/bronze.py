@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -267,25 +268,26 @@ def _key_hashes_sql(feed: FeedSpec, tenant: str) -> list[str]:
 
 
 def _json_value_sql(field: FieldSpec) -> str:
-    """SQL: a field's typed value as JSON (numbers and booleans as such, datetimes as ISO 8601
-    UTC text), over the validation columns (DuckDB's lateral column aliases)."""
+    """SQL: a field's typed value as JSON text (numbers and booleans as such, datetimes as ISO
+    8601 UTC text), NULL when absent, over the validation columns (lateral column aliases)."""
     if field.kind == "datetime":
         seconds = "%S.%f" if field.format and "%f" in field.format else "%S"
         utc = f"timezone('UTC', {ident(typed_column(field))})"
-        return f"to_json(strftime({utc}, '%Y-%m-%dT%H:%M:{seconds}Z'))"
+        return f"'\"' || strftime({utc}, '%Y-%m-%dT%H:%M:{seconds}Z') || '\"'"
     if field.kind in TYPE_NAMES:
-        return f"to_json({ident(typed_column(field))})"
-    return f"to_json(nullif(trim({ident(field.name)}), ''))"
+        return f"to_json({ident(typed_column(field))})::VARCHAR"
+    return f"to_json(nullif(trim({ident(field.name)}), ''))::VARCHAR"
 
 
 def _fields_json_sql(feed: FeedSpec) -> str:
-    """SQL: the JSON object of the feed's `extras_fields`, typed, without the absent ones."""
+    """SQL: the JSON object of the feed's `extras_fields`, typed, without the absent ones. Text
+    put together (concat_ws skips NULLs): a third of the cost of building a MAP per record."""
     by_name = {f.name: f for f in feed.fields}
-    entries = ", ".join(
-        f"struct_pack(k := {sql_str(name)}, v := {_json_value_sql(by_name[name])})"
+    members = ", ".join(
+        f"{sql_str(json.dumps(name) + ':')} || {_json_value_sql(by_name[name])}"
         for name in feed.extras_fields
     )
-    return f"to_json(map_from_entries(list_filter([{entries}], lambda e: e.v IS NOT NULL)))"
+    return f"('{{' || concat_ws(',', {members}) || '}}')::JSON"
 
 
 def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:

@@ -174,21 +174,65 @@ _CRON_ALIASES = {
     "weekly": "0 0 * * 0",
     "monthly": "0 0 1 * *",
 }
-_CRON_FIELD = re.compile(
-    r"(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?(,(\*|[0-9A-Za-z]+(-[0-9A-Za-z]+)?)(/[0-9]+)?)*"
+# Per cron field: (name, lowest, highest, names allowed instead of numbers).
+_CRON_FIELDS = (
+    ("minute", 0, 59, ()),
+    ("hour", 0, 23, ()),
+    ("day of month", 1, 31, ()),
+    (
+        "month",
+        1,
+        12,
+        ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"),
+    ),
+    ("day of week", 0, 7, ("sun", "mon", "tue", "wed", "thu", "fri", "sat")),
 )
+_CRON_ITEM = re.compile(r"(\*|[0-9A-Za-z]+(?:-[0-9A-Za-z]+)?)(?:/([0-9]+))?")
+
+
+def _cron_field_problem(
+    text: str, name: str, low: int, high: int, names: tuple[str, ...]
+) -> str | None:
+    def value(token: str) -> int | None:
+        if token.isdigit():
+            number = int(token)
+            return number if low <= number <= high else None
+        lowered = token.lower()
+        return names.index(lowered) + low if lowered in names else None
+
+    for item in text.split(","):
+        match = _CRON_ITEM.fullmatch(item)
+        if match is None:
+            return f"{name} {item!r} is not a value, a range, '*' or a step"
+        span, step = match.groups()
+        if step is not None and int(step) == 0:
+            return f"{name} {item!r}: a step must be 1 or more"
+        if span == "*":
+            continue
+        bounds = [value(t) for t in span.split("-")]
+        if any(b is None for b in bounds):
+            return f"{name} {item!r} is outside {low}-{high}"
+        if len(bounds) == 2 and bounds[0] > bounds[1]:  # type: ignore[operator]
+            return f"{name} {item!r}: a range goes from low to high"
+    return None
 
 
 def cron_schedule(value: str) -> str:
-    """'hourly' | 'daily' | 'weekly' | 'monthly' | a five-field cron string -> a cron string."""
+    """'hourly' | 'daily' | 'weekly' | 'monthly' | a five-field cron string -> a cron string,
+    each field checked against its range (Dagster refuses the others when the code location
+    loads: better a configuration error naming the key)."""
     text = value.strip()
     if text in _CRON_ALIASES:
         return _CRON_ALIASES[text]
     fields = text.split()
-    if len(fields) != 5 or not all(_CRON_FIELD.fullmatch(f) for f in fields):
+    if len(fields) != 5:
         raise ValueError(
             f"{value!r} is not hourly, daily, weekly, monthly or a five-field cron string"
         )
+    for field, (name, low, high, names) in zip(fields, _CRON_FIELDS, strict=True):
+        problem = _cron_field_problem(field, name, low, high, names)
+        if problem:
+            raise ValueError(f"{value!r} is not a valid cron string: {problem}")
     return " ".join(fields)
 
 

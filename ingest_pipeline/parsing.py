@@ -564,8 +564,13 @@ def _csv_record_text(columns: int) -> str:
     """SQL re-serialising a parsed CSV row as a CSV line (its raw text in the quarantine)."""
 
     def field(c: str) -> str:
+        # four `contains` cost two thirds of one regexp_matches (1M records of 7 fields:
+        # 0.65 s against 1.0 s)
+        special = " OR ".join(
+            f"contains({c}, {char})" for char in ("'\"'", "','", "chr(10)", "chr(13)")
+        )
         return (
-            f"CASE WHEN {c} IS NULL THEN '' WHEN regexp_matches({c}, '[\",\\r\\n]') "
+            f"CASE WHEN {c} IS NULL THEN '' WHEN {special} "
             f"THEN '\"' || replace({c}, '\"', '\"\"') || '\"' ELSE {c} END"
         )
 

@@ -203,18 +203,22 @@ def test_a_bad_schedule_timezone_or_time_is_a_configuration_error_naming_it(
     assert message in str(caught.value)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "product bug: config._CRON_FIELD accepts any alphanumeric field, so a cron Dagster "
-        "refuses passes ingest.yaml validation and the code location then fails to load with "
-        "DagsterInvalidDefinitionError instead of a ConfigError naming imports[0].schedule"
-    ),
-)
 @pytest.mark.parametrize("cron", ["61 * * * *", "abc * * * *", "0 0 * * 8", "*/0 * * * *"])
 def test_a_cron_dagster_refuses_is_a_configuration_error(tmp_path: Path, cron: str) -> None:
+    from dagster._utils.schedules import is_valid_cron_string
+
+    assert not is_valid_cron_string(cron)
     with pytest.raises(ConfigError, match=r"imports\[0\]\.schedule"):
         parse_import(tmp_path, schedule=cron)
+
+
+@pytest.mark.parametrize("cron", ["0 9 * * mon-fri", "*/15 0-6,22 1 jan,jul sun", "0 0 1 */3 *"])
+def test_a_cron_the_config_accepts_dagster_accepts(tmp_path: Path, cron: str) -> None:
+    from dagster._utils.schedules import is_valid_cron_string
+
+    imp = parse_import(tmp_path, schedule=cron)
+    assert imp.schedule == cron
+    assert is_valid_cron_string(imp.schedule)
 
 
 def test_times_without_offset_are_in_the_imports_timezone_and_offsets_are_kept(
@@ -693,10 +697,10 @@ def test_a_folder_that_cannot_be_listed_fails_the_manual_run(
     description = data.user_failure_data.description or ""
     assert CHECK_FOLDER == "Please check the folder path and try again"
     assert "Please check the folder path and try again" in description
-    # The description is the e-mail subject, cut at its length limit: the start of the path.
-    assert str(missing.parent) in description
+    # the whole cause, the folder's full path included
+    assert str(missing) in description
     assert data.user_failure_data.metadata["folder"].value == "not_there"
     assert data.user_failure_data.metadata["files"].value == 0
-    assert description.startswith("[ingest-pipeline] import shop failed:")
+    assert description.startswith("import shop failed: Please check the folder path")
     assert not missing.exists()  # the run did not create it
     assert loc.setup.query("SELECT * FROM ingested_files") == []

@@ -114,7 +114,12 @@ def build_import_asset(imp: ImportConfig) -> dg.AssetsDefinition:
         if summary.error is not None or summary.failed_files:
             if summary.files:
                 context.log_event(dg.AssetMaterialization(context.asset_key, metadata=metadata))
-            raise dg.Failure(description=summary.subject(), metadata=metadata)
+            # the whole cause, not the mail's subject line (cut to fit a subject)
+            cause = summary.error or "; ".join(
+                f"{f.name}: {f.status}: {f.error or ''}" for f in summary.failed_files
+            )
+            context.log.error(f"import {imp.name} failed: {cause}")
+            raise dg.Failure(description=f"import {imp.name} failed: {cause}", metadata=metadata)
         return dg.MaterializeResult(metadata=metadata)
 
     return import_asset
