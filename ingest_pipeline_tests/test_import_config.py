@@ -226,3 +226,55 @@ def test_file_names(name: str, fmt: str, matches: bool, why: str) -> None:
     if matches:
         assert verdict.stamp is not None
         assert verdict.encrypted is name.lower().endswith((".pgp", ".gpg"))
+
+
+def test_which_files_a_run_takes_by_what_the_ledger_says(tmp_path: Path) -> None:
+    """New names and names a dead run left unfinished are taken; final ones never again;
+    a transient failure only when its retry is due; parsed ones wait for the merge."""
+    from datetime import UTC, datetime, timedelta
+
+    import duckdb
+
+    from ingest_pipeline import warehouse
+    from ingest_pipeline.imports.folders import FolderListing
+    from ingest_pipeline.imports.run import plan_import
+    from ingest_pipeline.landing import LandedObject
+
+    config = _load(tmp_path, [_events(retries=2)])
+    imp = config.import_config("opened")
+    now = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    statuses = {
+        "new": None,
+        "ingested": ("ingested", None),
+        "failed": ("failed", None),
+        "vanished": ("vanished", None),
+        "parsing": ("parsing", None),
+        "queued": ("queued", None),
+        "parsed": ("parsed", None),
+        "due": ("retrying", now - timedelta(minutes=1)),
+        "later": ("retrying", now + timedelta(minutes=5)),
+    }
+    files = {}
+    for i, label in enumerate(statuses):
+        name = f"APP_OPENED_202601{i + 1:02d}120000.csv"
+        files[label] = LandedObject(name, "etag-now", 10, now, f"s3://client/exports/events/{name}")
+    path = tmp_path / "w.duckdb"
+    with warehouse.connect(path) as con:
+        for label, state in statuses.items():
+            if state is None:
+                continue
+            con.execute(
+                "INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, status, retry_at) "
+                "VALUES (?, 'etag-before', 'default', 'import_opened', ?, ?)",
+                [files[label].uri, state[0], state[1]],
+            )
+    listing = FolderListing(files=list(files.values()), subfolders=["old"])
+    with duckdb.connect(str(path)) as con:
+        plan = plan_import(con, imp, listing, at=now)
+        forced = plan_import(con, imp, listing, names=[files["ingested"].key], at=now)
+    label_of = {f.key: label for label, f in files.items()}
+    assert sorted(label_of[f.key] for f in plan.take) == ["due", "new", "parsing", "queued"]
+    assert sorted(label_of[k] for k in plan.already) == ["failed", "ingested", "vanished"]
+    assert [label_of[k] for k in plan.waiting] == ["later"]
+    assert plan.ignored == [("old/", "in a sub-folder: imports never look inside sub-folders")]
+    assert [label_of[f.key] for f in forced.take] == ["ingested"]
