@@ -287,7 +287,9 @@ def _fields_json_sql(feed: FeedSpec) -> str:
         f"{sql_str(json.dumps(name) + ':')} || {_json_value_sql(by_name[name])}"
         for name in feed.extras_fields
     )
-    return f"('{{' || concat_ws(',', {members}) || '}}')::JSON"
+    # Valid JSON by construction (to_json quotes every value): text, not a JSON cast, which
+    # would parse every record's object again; the bronze file marks the column as JSON.
+    return f"'{{' || concat_ws(',', {members}) || '}}'"
 
 
 def _records_query(feed: FeedSpec, records_sql: str, files: _Provenance) -> str:
