@@ -256,3 +256,42 @@ def test_a_mail_server_that_is_down_does_not_fail_the_import(
     logs = [e.user_message for e in instance.all_logs(result.run_id)]
     failed_sends = [m for m in logs if "127.0.0.1" in m and "ConnectionRefusedError" in m]
     assert len(failed_sends) == 1, logs
+
+
+def test_dagster_job_execute_runs_an_import_from_the_command_line(tmp_path: Path) -> None:
+    """`dagster job execute -m ingest_pipeline.definitions -j import_<name>`: the code location
+    builds the import's job from ingest.yaml, and a manual run takes the folder's new files."""
+    import os
+    import subprocess
+    import sys
+
+    folder = tmp_path / "client"
+    folder.mkdir()
+    setup = make_setup(tmp_path, [_events_import("client")], {"m.yaml": EVENTS_MANIFEST})
+    (folder / f"{EVENT}_2026-01-02_0930.csv").write_bytes(csv_file(HEADER, ROWS))
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    env = {
+        **os.environ,
+        "DAGSTER_HOME": str(home),
+        "INGEST_CONFIG": str(setup.config_path),
+        "INGEST_WAREHOUSE_PATH": str(setup.warehouse_path),
+        "INGEST_LAKE_URL": setup.lake.url,
+    }
+    dagster = str(Path(sys.executable).with_name("dagster"))
+    done = subprocess.run(
+        [dagster, "job", "execute", "-m", "ingest_pipeline.definitions", "-j", "import_signups"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["contact_key"] for r in setup.query("SELECT contact_key FROM events ORDER BY 1")] == [
+        "u1",
+        "u3",
+    ]
+    [ledger] = setup.query("SELECT feed, status, run_id FROM ingested_files")
+    assert ledger["feed"] == "import_signups" and ledger["status"] == "ingested"
+    assert ledger["run_id"]
