@@ -54,6 +54,17 @@ def s3_client(imp: ImportConfig) -> Any:
     return boto3.session.Session().client("s3", **kwargs)
 
 
+class _MissingFolder:
+    """A local import folder that does not exist: listed as the vendor's 'check the folder
+    path', never created."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __getattr__(self, name: str) -> Any:
+        raise FolderError(f"{CHECK_FOLDER}: {self.url} is not a folder")
+
+
 class ImportFolder:
     """The folder of one import, for one run (close it after)."""
 
@@ -78,19 +89,19 @@ class ImportFolder:
                 ),
             )
             self.zone = SftpLanding(self._sftp)
+        elif os.path.isdir(url):
+            self.zone = LocalLanding(url)
         else:
-            if not os.path.isdir(url):
-                # LocalLanding would create it: a folder that is not there is a wrong path
-                self.zone = None  # type: ignore[assignment]
-            else:
-                self.zone = LocalLanding(url)
+            # not LocalLanding, which would create it: a folder that is not there is a wrong
+            # path, and looking at it must write nothing
+            self.zone = _MissingFolder(url)
 
     def listing(self) -> FolderListing:
         if self.imp.channel == "s3":
             return self._s3_listing()
         if self.imp.channel == "sftp":
             return self._sftp_listing()
-        if self.zone is None:
+        if isinstance(self.zone, _MissingFolder):
             raise FolderError(f"{CHECK_FOLDER}: {self.url} is not a folder")
         assert isinstance(self.zone, LocalLanding)
         listing = FolderListing()
