@@ -295,3 +295,31 @@ def test_dagster_job_execute_runs_an_import_from_the_command_line(tmp_path: Path
     [ledger] = setup.query("SELECT feed, status, run_id FROM ingested_files")
     assert ledger["feed"] == "import_signups" and ledger["status"] == "ingested"
     assert ledger["run_id"]
+
+
+def test_the_imports_check_names_files_a_dead_run_left_unfinished(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A run killed while reading leaves a file `parsing`; if that file is no longer in the
+    folder no later run takes it, and the import's asset check says so."""
+    from datetime import UTC, datetime, timedelta
+
+    import duckdb
+
+    folder = tmp_path / "client"
+    folder.mkdir()
+    setup = make_setup(tmp_path, [_events_import("client")], {"m.yaml": EVENTS_MANIFEST})
+    result = _run_job(setup, monkeypatch)
+    [healthy] = result.get_asset_check_evaluations()
+    assert healthy.passed
+    long_ago = datetime.now(UTC) - timedelta(hours=3)
+    with duckdb.connect(str(setup.warehouse_path)) as con:
+        con.execute(
+            "INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, landing_key, landed_at,"
+            " size_bytes, status, started_at) VALUES (?, 'e', 'default', 'import_signups', ?, ?,"
+            " 10, 'parsing', ?)",
+            [str(folder / "gone.csv"), "gone.csv", long_ago, long_ago],
+        )
+    [stuck] = _run_job(setup, monkeypatch).get_asset_check_evaluations()
+    assert not stuck.passed
+    assert "1 file(s) not final" in (stuck.description or "")

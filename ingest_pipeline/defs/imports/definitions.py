@@ -12,6 +12,8 @@ from dagster._core.definitions.unresolved_asset_job_definition import Unresolved
 
 from ingest_pipeline.config import ImportConfig, load_config
 from ingest_pipeline.defs.warehouse.resources import IngestResource
+from ingest_pipeline.health import ledger_health
+from ingest_pipeline.imports.feed import import_feed_name
 from ingest_pipeline.imports.notify import ImportRunSummary, SmtpSettings, send_summary
 from ingest_pipeline.imports.run import ImportRunResult, run_import
 from ingest_pipeline.imports.schedule import import_cron, tick_decision
@@ -125,6 +127,33 @@ def build_import_asset(imp: ImportConfig) -> dg.AssetsDefinition:
     return import_asset
 
 
+def build_import_check(imp: ImportConfig, asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+    """The import's files reach a final status: a run killed while reading leaves files that
+    only the import's next run takes again; until then this check names them."""
+    feed = import_feed_name(imp)
+
+    @dg.asset_check(
+        asset=asset,
+        name="files_reach_a_final_status",
+        description=(
+            f"Every file of import {imp.name} reaches a final status (ingested, failed, skipped, "
+            "vanished) within INGEST_STUCK_AFTER_SECONDS; lists the ones that did not and the "
+            "failed files with their reasons."
+        ),
+        automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+    )
+    def files_reach_a_final_status(ingest: IngestResource) -> dg.AssetCheckResult:
+        health = ledger_health(ingest.warehouse(), feed)
+        return dg.AssetCheckResult(
+            passed=not health.stuck,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=health.summary,
+            metadata=health.metadata(),
+        )
+
+    return files_reach_a_final_status
+
+
 def build_import_schedule(
     imp: ImportConfig, job: UnresolvedAssetJobDefinition
 ) -> dg.ScheduleDefinition:
@@ -164,9 +193,10 @@ def build_import_schedule(
 @dg.definitions
 def defs() -> dg.Definitions:
     config = load_config(get_settings().config_path)
-    assets, jobs, schedules = [], [], []
+    assets, jobs, schedules, checks = [], [], [], []
     for imp in config.imports:
         asset = build_import_asset(imp)
+        checks.append(build_import_check(imp, asset))
         job = dg.define_asset_job(
             imp.job_name,
             selection=[asset],
@@ -175,4 +205,17 @@ def defs() -> dg.Definitions:
         assets.append(asset)
         jobs.append(job)
         schedules.append(build_import_schedule(imp, job))
-    return dg.Definitions(assets=assets, jobs=jobs, schedules=schedules)
+    sensors = []
+    if checks:
+        sensors.append(
+            dg.AutomationConditionSensorDefinition(
+                "import_health_sensor",
+                target=dg.AssetSelection.checks(*checks),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+                minimum_interval_seconds=60,
+                description="Runs each import's `files_reach_a_final_status` check every 10 min.",
+            )
+        )
+    return dg.Definitions(
+        assets=assets, asset_checks=checks, jobs=jobs, schedules=schedules, sensors=sensors
+    )
