@@ -179,10 +179,10 @@ def test_a_pass_that_raises_is_read_again_file_by_file_and_a_corrupt_file_fails_
     def pass_breaks(*args, **kwargs):
         raise RecursionError("a decoder hit the recursion limit")
 
-    def one_file_breaks(local, source, feed, work, policy=None, con=None):
+    def one_file_breaks(local, source, feed, work, policy=None, con=None, **kwargs):
         if source.key == "track/f2.jsonl":
             raise RecursionError("a decoder hit the recursion limit")
-        return real_process_file(local, source, feed, work, policy, con)
+        return real_process_file(local, source, feed, work, policy, con, **kwargs)
 
     monkeypatch.setattr(pipeline, "process_pass", pass_breaks)
     monkeypatch.setattr(pipeline, "process_file", one_file_breaks)

@@ -208,9 +208,9 @@ def test_an_exception_while_reading_one_file_fails_it_alone(site, monkeypatch) -
         if key == "track/b.jsonl":
             raise RecursionError("maximum recursion depth exceeded while decoding a JSON array")
 
-    def process_file(local, source, feed, work, policy=None, con=None):
+    def process_file(local, source, feed, work, policy=None, con=None, **kwargs):
         decode(source.key)
-        return real_file(local, source, feed, work, policy=policy, con=con)
+        return real_file(local, source, feed, work, policy=policy, con=con, **kwargs)
 
     def process_pass(inputs, feed, work, policy, con):
         # The three small files are read in one pass: b raises there, then alone.
