@@ -126,7 +126,7 @@ def generate(out: Path, rows: int) -> tuple[Path, Path, str]:
             PASSPHRASE,
             "--quick-gen-key",
             "bench@ingest.test",
-            "rsa3072",
+            "future-default",
             "default",
             "never",
         )
