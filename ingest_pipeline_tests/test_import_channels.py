@@ -297,29 +297,53 @@ def test_dagster_job_execute_runs_an_import_from_the_command_line(tmp_path: Path
     assert ledger["run_id"]
 
 
-def test_the_imports_check_names_files_a_dead_run_left_unfinished(
+def test_files_a_dead_run_left_end_vanished_or_are_named_by_the_check(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A run killed while reading leaves a file `parsing`; if that file is no longer in the
-    folder no later run takes it, and the import's asset check says so."""
+    """A run killed while reading leaves a file `parsing`. The import's next run takes it again
+    if it is still in the folder, and ends it `vanished` with why if it is not; until then the
+    import's asset check names it."""
     from datetime import UTC, datetime, timedelta
 
+    import dagster as dg
     import duckdb
+    from dagster_aws.s3 import S3Resource
+
+    from ingest_pipeline.defs.imports.definitions import build_import_asset, build_import_check
+    from ingest_pipeline.defs.warehouse.resources import IngestResource
+    from ingest_pipeline.imports.run import GONE
 
     folder = tmp_path / "client"
     folder.mkdir()
     setup = make_setup(tmp_path, [_events_import("client")], {"m.yaml": EVENTS_MANIFEST})
-    result = _run_job(setup, monkeypatch)
-    [healthy] = result.get_asset_check_evaluations()
-    assert healthy.passed
     long_ago = datetime.now(UTC) - timedelta(hours=3)
+    kept = f"{EVENT}_2026-01-02_0930.csv"
+    (folder / kept).write_bytes(csv_file(HEADER, ROWS))
     with duckdb.connect(str(setup.warehouse_path)) as con:
-        con.execute(
-            "INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, landing_key, landed_at,"
-            " size_bytes, status, started_at) VALUES (?, 'e', 'default', 'import_signups', ?, ?,"
-            " 10, 'parsing', ?)",
-            [str(folder / "gone.csv"), "gone.csv", long_ago, long_ago],
-        )
-    [stuck] = _run_job(setup, monkeypatch).get_asset_check_evaluations()
+        for name in ("gone.csv", kept):
+            con.execute(
+                "INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, landing_key, "
+                "landed_at, size_bytes, status, started_at) VALUES (?, 'e', 'default', "
+                "'import_signups', ?, ?, 10, 'parsing', ?)",
+                [str(folder / name), name, long_ago, long_ago],
+            )
+    imp = setup.config.import_config("signups")
+    check = build_import_check(imp, build_import_asset(imp))
+    ingest = IngestResource(
+        s3=S3Resource(), warehouse_path=str(setup.warehouse_path), lake_url=setup.lake.url
+    )
+    stuck = check(ingest=ingest)
     assert not stuck.passed
-    assert "1 file(s) not final" in (stuck.description or "")
+    assert "2 file(s) not final" in (stuck.description or "")
+
+    result = _run_job(setup, monkeypatch)
+    assert result.success
+    [after] = result.get_asset_check_evaluations()
+    assert after.passed
+    statuses = {
+        r["landing_key"]: (r["status"], r["error"])
+        for r in setup.query("SELECT landing_key, status, error FROM ingested_files")
+    }
+    assert statuses["gone.csv"] == ("vanished", GONE)
+    assert statuses[kept] == ("ingested", None)
+    assert isinstance(check, dg.AssetChecksDefinition)

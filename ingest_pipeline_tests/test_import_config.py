@@ -245,36 +245,49 @@ def test_which_files_a_run_takes_by_what_the_ledger_says(tmp_path: Path) -> None
     now = datetime(2026, 12, 1, 12, tzinfo=UTC)
     statuses = {
         "new": None,
-        "ingested": ("ingested", None),
-        "failed": ("failed", None),
-        "vanished": ("vanished", None),
-        "parsing": ("parsing", None),
-        "queued": ("queued", None),
-        "parsed": ("parsed", None),
-        "due": ("retrying", now - timedelta(minutes=1)),
-        "later": ("retrying", now + timedelta(minutes=5)),
+        "ingested": ("ingested", None, "now"),
+        "failed": ("failed", None, "now"),
+        "vanished": ("vanished", None, "now"),
+        "parsing": ("parsing", None, "now"),
+        "queued": ("queued", None, "now"),
+        "parsed": ("parsed", None, "now"),
+        "due": ("retrying", now - timedelta(minutes=1), "now"),
+        "later": ("retrying", now + timedelta(minutes=5), "now"),
+        # uploaded again while its run was reading the earlier version, which died
+        "replaced": ("parsing", None, "before"),
     }
     files = {}
     for i, label in enumerate(statuses):
         name = f"APP_OPENED_202601{i + 1:02d}120000.csv"
         files[label] = LandedObject(name, "etag-now", 10, now, f"s3://client/exports/events/{name}")
+    gone_uri = "s3://client/exports/events/APP_OPENED_20251231120000.csv"  # deleted since
     path = tmp_path / "w.duckdb"
     with warehouse.connect(path) as con:
-        for label, state in statuses.items():
-            if state is None:
-                continue
+        rows = [(files[k].uri, state) for k, state in statuses.items() if state is not None]
+        rows.append((gone_uri, ("parsing", None, "now")))
+        for uri, (status, retry_at, version) in rows:
             con.execute(
-                "INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, status, retry_at) "
-                "VALUES (?, 'etag-before', 'default', 'import_opened', ?, ?)",
-                [files[label].uri, state[0], state[1]],
+                "INSERT INTO ingested_files (source_uri, etag, tenant_id, feed, status, retry_at)"
+                " VALUES (?, ?, 'default', 'import_opened', ?, ?)",
+                [uri, f"etag-{version}", status, retry_at],
             )
     listing = FolderListing(files=list(files.values()), subfolders=["old"])
     with duckdb.connect(str(path)) as con:
         plan = plan_import(con, imp, listing, at=now)
         forced = plan_import(con, imp, listing, names=[files["ingested"].key], at=now)
     label_of = {f.key: label for label, f in files.items()}
-    assert sorted(label_of[f.key] for f in plan.take) == ["due", "new", "parsing", "queued"]
+    assert sorted(label_of[f.key] for f in plan.take) == [
+        "due",
+        "new",
+        "parsing",
+        "queued",
+        "replaced",
+    ]
     assert sorted(label_of[k] for k in plan.already) == ["failed", "ingested", "vanished"]
     assert [label_of[k] for k in plan.waiting] == ["later"]
     assert plan.ignored == [("old/", "in a sub-folder: imports never look inside sub-folders")]
+    # the versions no run can take again: the deleted file, the replaced version
+    assert sorted((f.source_uri, f.etag) for f in plan.gone) == sorted(
+        [(gone_uri, "etag-now"), (files["replaced"].uri, "etag-before")]
+    )
     assert [label_of[f.key] for f in forced.take] == ["ingested"]

@@ -21,16 +21,20 @@ from pathlib import Path
 
 import duckdb
 
-from ingest_pipeline import pipeline, warehouse
+from ingest_pipeline import ledger, pipeline, warehouse
 from ingest_pipeline.config import ImportConfig, IngestConfig, PgpConfig
 from ingest_pipeline.feeds import FeedSpec
-from ingest_pipeline.imports.feed import import_feed
+from ingest_pipeline.imports.feed import import_feed, import_feed_name
 from ingest_pipeline.imports.folders import FolderError, FolderListing, open_folder
 from ingest_pipeline.imports.naming import ENCRYPTED, SUBFOLDER_REASON, file_verdict
 from ingest_pipeline.imports.notify import FileLine, ImportRunSummary
 from ingest_pipeline.landing import LandedObject, LandingZone
 
 FINAL = ("ingested", "failed", "skipped", "vanished")
+GONE = (
+    "this version of the file is no longer in the import's folder (deleted, renamed or "
+    "replaced) and its run did not finish; a new version under the same name is taken as new"
+)
 REJECTED_SAMPLE = 5  # first rejected rows per file in the summary
 
 Log = Callable[[str], None]
@@ -44,6 +48,9 @@ class ImportPlan:
     already: list[str] = field(default_factory=list)  # names processed by an earlier run
     waiting: list[str] = field(default_factory=list)  # transient failure, retried later
     ignored: list[tuple[str, str]] = field(default_factory=list)  # (name, why)
+    # Unfinished in the ledger and no longer in the folder: no run would take them again, so
+    # they end `vanished` (every file reaches a final status).
+    gone: list[ledger.LedgerFile] = field(default_factory=list)
 
 
 def matching(
@@ -75,6 +82,12 @@ def plan_import(
     whatever the ledger says); otherwise each name once."""
     files, ignored = matching(imp, listing)
     plan = ImportPlan(ignored=ignored)
+    listed = {(f.uri, f.etag) for f in listing.files}
+    plan.gone = [  # this version of the file is not in the folder any more (parsed: it merges)
+        f
+        for f in ledger.active_files(con, import_feed_name(imp))
+        if f.status != "parsed" and (f.source_uri, f.etag) not in listed
+    ]
     if names:
         wanted = set(names)
         plan.take = [f for f in files if f.key in wanted]
@@ -95,18 +108,18 @@ def plan_import(
     for uri, etag, status, retry_at in rows:
         seen.setdefault(uri, []).append((etag, status, retry_at))
     for f in files:
-        versions = seen.get(f.uri)
-        if not versions:
-            plan.take.append(f)
+        versions = seen.get(f.uri, [])
+        if any(status in FINAL for _, status, _ in versions):
+            plan.already.append(f.key)  # once per folder + name, whatever the outcome
             continue
-        unfinished = [v for v in versions if v[1] not in FINAL]
-        if not unfinished:
-            plan.already.append(f.key)
-        elif any(s == "retrying" and r is not None and r > at for _, s, r in unfinished):
+        # this very version's unfinished row (others are gone: recorded vanished above)
+        current = [(status, retry_at) for etag, status, retry_at in versions if etag == f.etag]
+        if any(st == "retrying" and r is not None and r > at for st, r in current):
             plan.waiting.append(f.key)
-        elif any(s != "parsed" for _, s, _ in unfinished):
-            plan.take.append(f)  # left by a run that died: read again
-        # parsed: read, waiting for the merge, which every run does
+        elif any(st == "parsed" for st, _ in current):
+            continue  # read, waiting for the merge, which every run does
+        else:
+            plan.take.append(f)  # new, or left by a run that died, or a retry that is due
     return plan
 
 
@@ -234,8 +247,18 @@ def run_import(
     try:
         with open_folder(config, imp) as folder, contextlib.ExitStack() as stack:
             listing = folder.listing()
-            with warehouse.connect(warehouse_path) as con:
+            with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
                 plan = plan_import(con, imp, listing, names=names, at=started)
+                ledger.record_outcomes(
+                    con,
+                    [
+                        ledger.FileOutcome(f.source, "vanished", started_at=started, error=GONE)
+                        for f in plan.gone
+                    ],
+                    feed.name,
+                    run_id=run_id,
+                    finished_at=started,
+                )
             result.plan = plan
             if plan.take:
                 workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="import-")))
