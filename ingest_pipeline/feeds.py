@@ -183,6 +183,35 @@ def same_named(*columns: str) -> dict[str, str]:
     return with_provenance(**{c: c for c in columns})
 
 
+def event_target(
+    key: str,
+    event_text: str,
+    event_timestamp: str,
+    properties: str,
+    *,
+    table: str = "events",
+    key_column: str = "contact_key",
+    where: str | None = None,
+) -> TargetSpec:
+    """An event table's rows (`events`, `account_events`): keyed by (tenant, whose, name,
+    time), the first line of a file winning within it, pruned by time; the arguments are the
+    bronze expressions of each column."""
+    return TargetSpec(
+        table=table,
+        key=("tenant_id", key_column, "event_text", "event_timestamp"),
+        mode="row",
+        within_file="first",
+        prune_column="event_timestamp",
+        where=where,
+        columns=with_provenance(
+            **{key_column: key},
+            event_text=event_text,
+            event_timestamp=event_timestamp,
+            properties=properties,
+        ),
+    )
+
+
 TRACK = FeedSpec(
     name="track",
     landing_prefix="track/",
@@ -195,16 +224,7 @@ TRACK = FeedSpec(
     extras_column="properties",
     dedupe_key=("contact_key", "event_text", "event_timestamp"),
     identity_columns=("contact_key",),
-    targets=(
-        TargetSpec(
-            table="events",
-            key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
-            mode="row",
-            within_file="first",
-            prune_column="event_timestamp",
-            columns=same_named("contact_key", "event_text", "event_timestamp", "properties"),
-        ),
-    ),
+    targets=(event_target("contact_key", "event_text", "event_timestamp", "properties"),),
 )
 
 IDENTIFY = FeedSpec(
@@ -308,17 +328,7 @@ KISSMETRICS = FeedSpec(
     ),
     identity_columns=("_p", "_p2"),
     targets=(
-        TargetSpec(
-            table="events",
-            key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
-            mode="row",
-            within_file="first",
-            prune_column="event_timestamp",
-            where=_HAS_EVENT,
-            columns=with_provenance(
-                contact_key="_p", event_text="_n", event_timestamp="_t", properties="properties"
-            ),
-        ),
+        event_target("_p", "_n", "_t", "properties", where=_HAS_EVENT),
         # An alias names one person: its newest `_t` wins (SPEC section 6 keys it by alias).
         TargetSpec(
             table="aliases",
@@ -401,18 +411,13 @@ def _event_stream(
             FieldSpec("event_properties", "object", required=False, description="anything else"),
         ),
         (
-            TargetSpec(
+            event_target(
+                key,
+                "event_name",
+                "event_timestamp",
+                "event_properties",
                 table=table,
-                key=("tenant_id", key_column, "event_text", "event_timestamp"),
-                mode="row",
-                within_file="first",
-                prune_column="event_timestamp",
-                columns=with_provenance(
-                    **{key_column: key},
-                    event_text="event_name",
-                    event_timestamp="event_timestamp",
-                    properties="event_properties",
-                ),
+                key_column=key_column,
             ),
         ),
         description=f"API stream: an action or behaviour of a {whose} (e.g. "

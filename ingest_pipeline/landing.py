@@ -18,7 +18,7 @@ import re
 import shutil
 import uuid
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -59,6 +59,14 @@ class LandedObject:
             last_modified=last_modified.astimezone(UTC),
             uri=str(data["uri"]),
         )
+
+
+@dataclass
+class FolderListing:
+    """One folder's own entries (configured imports never look inside its sub-folders)."""
+
+    files: list[LandedObject] = field(default_factory=list)  # directly in the folder, by name
+    subfolders: list[str] = field(default_factory=list)  # names, not looked into
 
 
 class ChecksumMismatch(Exception):
@@ -209,6 +217,22 @@ class LocalLanding:
                 if os.path.isfile(entry.path):
                     yield self._object(key, st, Path(entry.path))
 
+    def list_folder(self) -> FolderListing:
+        """The files directly in the root and the names of its sub-folders, in name order;
+        hidden ('.') names skipped like `list`'s."""
+        listing = FolderListing()
+        for entry in sorted(os.scandir(self.root), key=lambda e: e.name):
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                listing.subfolders.append(entry.name)
+            elif entry.is_file():
+                try:
+                    listing.files.append(self._object(entry.name, entry.stat(), Path(entry.path)))
+                except FileNotFoundError:  # deleted while listing
+                    continue
+        return listing
+
     def stat(self, key: str) -> LandedObject | None:
         path = self.path_of(key)
         try:
@@ -321,6 +345,25 @@ class S3Landing:
                 yield self._object(
                     full_key[len(root) :], item["ETag"], item["Size"], item["LastModified"]
                 )
+
+    def list_folder(self) -> FolderListing:
+        """The objects directly under the prefix (the S3 delimiter '/': one request per 1,000
+        entries however deep the sub-folders go) and the names of its sub-folders."""
+        root = f"{self.prefix}/" if self.prefix else ""
+        listing = FolderListing()
+        pages = self.client.get_paginator("list_objects_v2").paginate(
+            Bucket=self.bucket, Prefix=root, Delimiter="/"
+        )
+        for page in pages:
+            for common in page.get("CommonPrefixes", ()):
+                listing.subfolders.append(common["Prefix"][len(root) :].rstrip("/"))
+            for item in page.get("Contents", ()):
+                name = item["Key"][len(root) :]
+                if name:  # not the folder marker itself
+                    listing.files.append(
+                        self._object(name, item["ETag"], item["Size"], item["LastModified"])
+                    )
+        return listing
 
     def stat(self, key: str) -> LandedObject | None:
         try:

@@ -28,7 +28,7 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 from urllib.parse import urlparse
 
-from ingest_pipeline.landing import FileVanished, LandedObject
+from ingest_pipeline.landing import FileVanished, FolderListing, LandedObject
 
 T = TypeVar("T")
 
@@ -564,17 +564,18 @@ class SftpLanding:
             elif entry.is_file and key.startswith(prefix):
                 yield self._object(key, entry)
 
-    def list_folder(self) -> builtins.list[LandedObject]:
-        """The files directly in the root folder, by name (sub-folders are never read)."""
-        return [
-            self._object(e.name, e)
-            for e in self.session.listdir()
-            if e.is_file and not e.name.startswith(".")
-        ]
-
-    def subfolders(self) -> builtins.list[str]:
-        """Names of the root's direct sub-folders (to report what was ignored)."""
-        return [e.name for e in self.session.listdir() if e.is_dir and not e.name.startswith(".")]
+    def list_folder(self) -> FolderListing:
+        """The files directly in the root folder and its sub-folders' names, from one listing
+        (sub-folders are never read)."""
+        listing = FolderListing()
+        for e in self.session.listdir():
+            if e.name.startswith("."):
+                continue
+            if e.is_file:
+                listing.files.append(self._object(e.name, e))
+            elif e.is_dir:
+                listing.subfolders.append(e.name)
+        return listing
 
     def stat(self, key: str) -> LandedObject | None:
         entry = self.session.stat(key)

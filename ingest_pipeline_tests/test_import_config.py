@@ -236,9 +236,8 @@ def test_which_files_a_run_takes_by_what_the_ledger_says(tmp_path: Path) -> None
     import duckdb
 
     from ingest_pipeline import warehouse
-    from ingest_pipeline.imports.folders import FolderListing
     from ingest_pipeline.imports.run import plan_import
-    from ingest_pipeline.landing import LandedObject
+    from ingest_pipeline.landing import FolderListing, LandedObject
 
     config = _load(tmp_path, [_events(retries=2)])
     imp = config.import_config("opened")

@@ -50,6 +50,14 @@ def _setup(root: Path, signer: bool = True) -> ImportSetup:
     )
 
 
+def _private_homes() -> set[Path]:
+    """The private GnuPG homes in the system temp dirs the keyring may fall back to (a deep
+    TMPDIR cannot hold gpg-agent's socket)."""
+    return {
+        p for parent in {Path("/tmp"), Path(tempfile.gettempdir())} for p in parent.glob("gnupg-*")
+    }
+
+
 @pytest.fixture
 def pgp_env(pki: Pki, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:  # noqa: F811
     monkeypatch.setenv("OUR_PGP_KEY", pki.private_key)
@@ -99,6 +107,7 @@ def test_encrypted_and_signed_files_import_and_every_failure_says_why(
     damaged.write_bytes(damaged.read_bytes()[: damaged.stat().st_size // 2])
     (folder / f"{EVENT}_20260107000000.csv").write_bytes(_rows("x5"))  # not encrypted
 
+    homes_before = _private_homes()
     result = setup.run("purchases")
     statuses = _statuses(setup)
     for name in good:
@@ -128,6 +137,7 @@ def test_encrypted_and_signed_files_import_and_every_failure_says_why(
     )
     assert PASSPHRASE not in dump and "PRIVATE KEY" not in dump
     assert list(pgp_env.iterdir()) == []
+    assert _private_homes() <= homes_before  # the run's keyring is gone wherever it was
 
 
 def test_wrong_passphrase_and_missing_keys_fail_the_files_with_their_reason(

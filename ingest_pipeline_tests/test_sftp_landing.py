@@ -124,9 +124,9 @@ def test_password_login_lists_recursively_and_directly(
         assert list(zone.list("nothing/here/")) == []
         # Imports read the folder itself, never its sub-folders.
         direct = zone.list_folder()
-        assert [o.key for o in direct] == ["a.csv", "b.csv", "sub.csv", "sub0.csv"]
-        assert direct == [o for o in listed if "/" not in o.key]
-        assert zone.subfolders() == ["empty", "sub"]
+        assert [o.key for o in direct.files] == ["a.csv", "b.csv", "sub.csv", "sub0.csv"]
+        assert direct.files == [o for o in listed if "/" not in o.key]
+        assert direct.subfolders == ["empty", "sub"]
 
 
 def test_key_login_reads_files(
@@ -135,7 +135,7 @@ def test_key_login_reads_files(
     monkeypatch.setenv(KEY_ENV, server.private_key_text())
     write(server.root / "in" / "a.csv", b"id\n1\n")
     with landing(server, known_hosts, password=False) as zone:
-        (obj,) = zone.list_folder()
+        (obj,) = zone.list_folder().files
         got = zone.download(obj, tmp_path / "a.csv")
     assert got == obj and (tmp_path / "a.csv").read_bytes() == b"id\n1\n"
 
@@ -172,7 +172,7 @@ def test_download_of_a_replaced_or_deleted_file_is_file_vanished(
     path = write(server.root / "in" / "a.csv", b"id\n1\n")
     write(server.root / "in" / "b.csv", b"id\n2\n")
     with landing(server, known_hosts) as zone:
-        a, b = zone.list_folder()
+        a, b = zone.list_folder().files
         # Replaced after the listing (a new upload renamed into place).
         tmp = write(server.root / "in" / ".a.csv.new", b"id\n1\n10\n")
         os.replace(tmp, path)
@@ -280,8 +280,6 @@ def test_missing_folder_says_check_the_path(
         zone.list_folder()
     with pytest.raises(SftpNotFound, match=message):
         list(zone.list())
-    with pytest.raises(SftpNotFound, match=message):
-        zone.subfolders()
     zone.close()
     with landing(server, known_hosts, folder="/in/a.csv") as zone:
         with pytest.raises(SftpError, match="check the folder path.*/in/a.csv is a file, not a"):
@@ -322,8 +320,8 @@ def test_session_reconnects_after_close(
 ) -> None:
     write(server.root / "in" / "a.csv", b"x")
     zone = landing(server, known_hosts)
-    assert [o.key for o in zone.list_folder()] == ["a.csv"]
+    assert [o.key for o in zone.list_folder().files] == ["a.csv"]
     zone.close()
-    assert [o.key for o in zone.list_folder()] == ["a.csv"]
+    assert [o.key for o in zone.list_folder().files] == ["a.csv"]
     zone.close()
     zone.close()  # idempotent

@@ -6,7 +6,7 @@ merge are the ones every feed has (pipeline.py)."""
 from __future__ import annotations
 
 from ingest_pipeline.config import ImportConfig
-from ingest_pipeline.feeds import FeedSpec, FieldKind, FieldSpec, TargetSpec, with_provenance
+from ingest_pipeline.feeds import FeedSpec, FieldKind, FieldSpec, TargetSpec, event_target
 from ingest_pipeline.imports.manifest import AttributeType, ColumnMapping, Manifest
 
 FEED_PREFIX = "import_"
@@ -59,21 +59,7 @@ def import_feed(imp: ImportConfig, manifest: Manifest) -> FeedSpec:
             extras_column="properties",
             extras_fields=tuple(f.name for f in others),
             dedupe_key=(key, "event_text", "event_time"),
-            targets=(
-                TargetSpec(
-                    table="events",
-                    key=("tenant_id", "contact_key", "event_text", "event_timestamp"),
-                    mode="row",
-                    within_file="first",
-                    prune_column="event_timestamp",
-                    columns=with_provenance(
-                        contact_key=key,
-                        event_text="event_text",
-                        event_timestamp="event_time",
-                        properties="properties",
-                    ),
-                ),
-            ),
+            targets=(event_target(key, "event_text", "event_time", "properties"),),
         )
     # Anonymous users are marked so, registered ones not (the newest mark wins).
     anonymous = FieldSpec(

@@ -8,11 +8,10 @@ and try again")."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from typing import Any
 
 from ingest_pipeline.config import ImportConfig, IngestConfig
-from ingest_pipeline.landing import LandedObject, LandingZone, LocalLanding, S3Landing
+from ingest_pipeline.landing import FolderListing, LandingZone, LocalLanding, S3Landing
 
 INVALID_ACCESS_KEY = "Given S3 access key is not valid"
 CHECK_FOLDER = "Please check the folder path and try again"
@@ -23,12 +22,6 @@ _NO_FOLDER_CODES = {"NoSuchBucket", "AccessDenied", "AllAccessDisabled", "Perman
 class FolderError(Exception):
     """The folder cannot be listed; the message says why, in the vendor's words where they
     apply, and never holds a secret."""
-
-
-@dataclass
-class FolderListing:
-    files: list[LandedObject] = field(default_factory=list)  # directly in the folder
-    subfolders: list[str] = field(default_factory=list)  # names, not looked into
 
 
 def _secret(name: str, what: str, imp: ImportConfig) -> str:
@@ -97,44 +90,14 @@ class ImportFolder:
             self.zone = _MissingFolder(url)
 
     def listing(self) -> FolderListing:
-        if self.imp.channel == "s3":
-            return self._s3_listing()
-        if self.imp.channel == "sftp":
-            return self._sftp_listing()
-        if isinstance(self.zone, _MissingFolder):
-            raise FolderError(f"{CHECK_FOLDER}: {self.url} is not a folder")
-        assert isinstance(self.zone, LocalLanding)
-        listing = FolderListing()
-        for entry in sorted(os.scandir(self.url), key=lambda e: e.name):
-            if entry.name.startswith("."):
-                continue  # in-progress copies (landing.LocalLanding)
-            if entry.is_dir(follow_symlinks=False):
-                listing.subfolders.append(entry.name)
-            elif entry.is_file():
-                obj = self.zone.stat(entry.name)
-                if obj is not None:
-                    listing.files.append(obj)
-        return listing
-
-    def _s3_listing(self) -> FolderListing:
+        """The folder's own files and sub-folders (LandingZone-specific `list_folder`), listing
+        problems told in the vendor's words."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        assert isinstance(self.zone, S3Landing)
-        zone, listing = self.zone, FolderListing()
-        prefix = f"{zone.prefix}/"
+        from ingest_pipeline.sftp import SftpError
+
         try:
-            pages = zone.client.get_paginator("list_objects_v2").paginate(
-                Bucket=zone.bucket, Prefix=prefix, Delimiter="/"
-            )
-            for page in pages:
-                for common in page.get("CommonPrefixes", ()):
-                    listing.subfolders.append(common["Prefix"][len(prefix) :].rstrip("/"))
-                for item in page.get("Contents", ()):
-                    name = item["Key"][len(prefix) :]
-                    if name:  # not the folder marker itself
-                        listing.files.append(
-                            zone._object(name, item["ETag"], item["Size"], item["LastModified"])
-                        )
+            return self.zone.list_folder()  # type: ignore[attr-defined]
         except ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code in _BAD_KEY_CODES:
@@ -144,17 +107,8 @@ class ImportFolder:
             raise FolderError(f"listing {self.url} failed: {code or exc}") from None
         except BotoCoreError as exc:
             raise FolderError(f"listing {self.url} failed: {exc}") from None
-        return listing
-
-    def _sftp_listing(self) -> FolderListing:
-        from ingest_pipeline.sftp import SftpError
-
-        try:
-            files = self.zone.list_folder()  # type: ignore[attr-defined]
-            subfolders = self.zone.subfolders()  # type: ignore[attr-defined]
         except SftpError as exc:
             raise FolderError(str(exc)) from None
-        return FolderListing(files, subfolders)
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -7,7 +7,6 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
-ENCRYPTED = (".pgp", ".gpg")
 _TAIL = re.compile(r"(?i)\.csv(\.gz)?(\.pgp|\.gpg)?")
 
 

@@ -70,7 +70,10 @@ def _read_latest(
             check.ok.append(f"{len(files)} matching file(s); the most recent is {latest.key}")
             work = Path(tmp)
             local = work / f"download-{Path(latest.key).name}"
-            folder.zone.download(latest, local)
+            try:
+                folder.zone.download(latest, local)
+            except Exception as exc:  # noqa: BLE001 - a report, not a traceback
+                raise FolderError(f"{latest.key}: the download failed: {exc}") from None
             decoder = Decoder(imp, work)
             try:
                 path, name = decoder(local, latest.key)

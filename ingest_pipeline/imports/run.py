@@ -22,15 +22,16 @@ from pathlib import Path
 import duckdb
 
 from ingest_pipeline import ledger, pipeline, warehouse
+from ingest_pipeline.arrow import pa
 from ingest_pipeline.config import ImportConfig, IngestConfig, PgpConfig
 from ingest_pipeline.feeds import FeedSpec
 from ingest_pipeline.imports.feed import import_feed, import_feed_name
-from ingest_pipeline.imports.folders import FolderError, FolderListing, open_folder
-from ingest_pipeline.imports.naming import ENCRYPTED, SUBFOLDER_REASON, file_verdict
+from ingest_pipeline.imports.folders import FolderError, open_folder
+from ingest_pipeline.imports.naming import SUBFOLDER_REASON, file_verdict
 from ingest_pipeline.imports.notify import FileLine, ImportRunSummary
-from ingest_pipeline.landing import LandedObject, LandingZone
+from ingest_pipeline.imports.pgp import Decryptor, PgpError, PgpKeys, decrypted_name
+from ingest_pipeline.landing import FolderListing, LandedObject, LandingZone
 
-FINAL = ("ingested", "failed", "skipped", "vanished")
 GONE = (
     "this version of the file is no longer in the import's folder (deleted, renamed or "
     "replaced) and its run did not finish; a new version under the same name is taken as new"
@@ -109,7 +110,7 @@ def plan_import(
         seen.setdefault(uri, []).append((etag, status, retry_at))
     for f in files:
         versions = seen.get(f.uri, [])
-        if any(status in FINAL for _, status, _ in versions):
+        if any(status in ledger.FINAL_STATUSES for _, status, _ in versions):
             plan.already.append(f.key)  # once per folder + name, whatever the outcome
             continue
         # this very version's unfinished row (others are gone: recorded vanished above)
@@ -134,8 +135,8 @@ class Decoder:
         self._lock = threading.Lock()  # downloads may run in a pool: one keyring per run
 
     def __call__(self, local: Path, key: str) -> tuple[Path, str]:
-        lower = key.lower()
-        if not lower.endswith(ENCRYPTED):
+        plain_name = decrypted_name(key)
+        if plain_name is None:
             if self.imp.pgp is not None:
                 raise pipeline.DecodeError(
                     f"import {self.imp.name} expects PGP-encrypted files (pgp is configured), "
@@ -143,9 +144,6 @@ class Decoder:
                     "import"
                 )
             return local, key
-        from ingest_pipeline.imports.pgp import PgpError
-
-        plain_name = key[: -len(".pgp")]
         pgp = self.imp.pgp
         if pgp is None:
             raise pipeline.DecodeError(
@@ -165,8 +163,6 @@ class Decoder:
         return dest, plain_name
 
     def _open_keyring(self, pgp: PgpConfig) -> None:
-        from ingest_pipeline.imports.pgp import Decryptor, PgpError, PgpKeys
-
         if self._decryptor is None and self._problem is None:
             try:
                 keys = PgpKeys.from_env(
@@ -204,14 +200,29 @@ def _file_lines(warehouse_path: str | Path, feed: FeedSpec, uris: Sequence[str])
             """,
             [feed.name, list(uris)],
         ).fetchall()
-        lines: list[tuple[str, FileLine]] = []
-        for uri, key, status, read, loaded, dup, rejected, error, notes, etag in rows:
-            sample = con.execute(
-                "SELECT line_number, raw, reason FROM rejected_rows WHERE source_uri = ? "
-                "AND etag = ? ORDER BY line_number LIMIT ?",
-                [uri, etag, REJECTED_SAMPLE],
-            ).fetchall()
-            line = FileLine(
+        # the first rejected rows of every file, in one query (not one per file)
+        con.register(
+            "summary_files",
+            pa.table({"source_uri": [r[0] for r in rows], "etag": [r[9] for r in rows]}),
+        )
+        try:
+            samples: dict[tuple[str, str], list[tuple[int, str, str]]] = {}
+            for uri, etag, line, raw, reason in con.execute(
+                """
+                SELECT r.source_uri, r.etag, r.line_number, r.raw, r.reason
+                FROM rejected_rows r SEMI JOIN summary_files USING (source_uri, etag)
+                QUALIFY row_number() OVER (PARTITION BY r.source_uri, r.etag ORDER BY r.line_number) <= ?
+                ORDER BY r.source_uri, r.line_number
+                """,
+                [REJECTED_SAMPLE],
+            ).fetchall():
+                samples.setdefault((uri, etag), []).append((int(line), raw or "", reason))
+        finally:
+            con.unregister("summary_files")
+    lines = [
+        (
+            uri,
+            FileLine(
                 name=key,
                 status=status,
                 rows_read=read or 0,
@@ -219,9 +230,11 @@ def _file_lines(warehouse_path: str | Path, feed: FeedSpec, uris: Sequence[str])
                 rows_duplicate=dup or 0,
                 rows_rejected=rejected or 0,
                 error="; ".join(t for t in (error, notes) if t) or None,
-                rejected_sample=tuple((int(n), raw or "", reason) for n, raw, reason in sample),
-            )
-            lines.append((uri, line))
+                rejected_sample=tuple(samples.get((uri, etag), ())),
+            ),
+        )
+        for uri, key, status, read, loaded, dup, rejected, error, notes, etag in rows
+    ]
     order = {uri: i for i, uri in enumerate(uris)}
     return [line for _, line in sorted(lines, key=lambda pair: order[pair[0]])]
 

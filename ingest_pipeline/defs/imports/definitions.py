@@ -11,6 +11,7 @@ import dagster as dg
 from dagster._core.definitions.unresolved_asset_job_definition import UnresolvedAssetJobDefinition
 
 from ingest_pipeline.config import ImportConfig, load_config
+from ingest_pipeline.defs.ingestion.sensors import job_busy
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.health import ledger_health
 from ingest_pipeline.imports.feed import import_feed_name
@@ -21,12 +22,6 @@ from ingest_pipeline.settings import get_settings
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 SCHEDULE_TAG = "dagster/schedule_name"
-_IN_PROGRESS = [
-    dg.DagsterRunStatus.QUEUED,
-    dg.DagsterRunStatus.NOT_STARTED,
-    dg.DagsterRunStatus.STARTING,
-    dg.DagsterRunStatus.STARTED,
-]
 
 
 class ImportRunConfig(dg.Config):
@@ -175,9 +170,7 @@ def build_import_schedule(
     def import_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest | dg.SkipReason:
         instance = context.instance
         runs = instance.get_runs_count(dg.RunsFilter(job_name=job.name, tags={SCHEDULE_TAG: name}))
-        busy = bool(
-            instance.get_run_ids(dg.RunsFilter(job_name=job.name, statuses=_IN_PROGRESS), limit=1)
-        )
+        busy = job_busy(instance, job.name)
         tick = context.scheduled_execution_time
         assert tick is not None
         decision = tick_decision(imp, tick, runs, run_in_progress=busy)

@@ -60,7 +60,8 @@ def _run_lookup(
     return info
 
 
-def _feed_busy(instance: dg.DagsterInstance, job_name: str) -> bool:
+def job_busy(instance: dg.DagsterInstance, job_name: str) -> bool:
+    """Whether a run of the job is queued, starting or running."""
     in_progress = [
         dg.DagsterRunStatus.QUEUED,
         dg.DagsterRunStatus.NOT_STARTED,
@@ -168,7 +169,7 @@ def _reconcile(
         feed=feed.name,
         now=at,
         run_info=_run_lookup(context.instance, active),
-        feed_busy=_feed_busy(context.instance, job_name),
+        feed_busy=job_busy(context.instance, job_name),
         retry=retry_policy(settings),
         grace=timedelta(seconds=settings.request_grace_seconds),
         stuck_after=timedelta(seconds=settings.stuck_after_seconds),
