@@ -7,6 +7,7 @@ ingest-pipeline preview FILE                the first records as the pipeline re
 ingest-pipeline status [--feed F]           files not final (stuck ones first), failed files
 ingest-pipeline report SOURCE_URI           one file: counts, rejected lines, refused aliases
 ingest-pipeline identities rebuild          the identity graph recomputed from the aliases
+ingest-pipeline sql "QUERY" [--format F]    one read-only query, as of the last committed merge
 ingest-pipeline imports check NAME          an import's set-up tried with its credentials
 ingest-pipeline imports preview NAME        its most recent file, as read and as mapped
 ingest-pipeline imports run NAME [--file F]  the folder's new files now, without Dagster
@@ -255,10 +256,56 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sql(args: argparse.Namespace) -> int:
+    """One read-only query against the read snapshot (warehouse.connect_reader): it answers
+    during merges, and a statement that would write is refused by DuckDB."""
+    path = get_settings().warehouse_path
+    try:
+        con = warehouse.connect_reader(path)
+    except (warehouse.NoSnapshot, duckdb.Error) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        if args.format == "table":
+            rel = con.sql(args.query)
+            if rel is not None:
+                rel.show(max_rows=args.max_rows, max_width=200)
+            return 0
+        result = con.execute(args.query)
+        if result.description is not None:
+            _write_rows(result, [d[0] for d in result.description], args.format)
+        return 0
+    except duckdb.Error as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        con.close()
+
+
+def _write_rows(result: duckdb.DuckDBPyConnection, columns: list[str], fmt: str) -> None:
+    """Every row, streamed in batches (bounded memory whatever the result's size)."""
+    import csv
+    import json
+
+    writer = csv.writer(sys.stdout, delimiter="\t" if fmt == "tsv" else ",", lineterminator="\n")
+    if fmt in ("csv", "tsv"):
+        writer.writerow(columns)
+    while batch := result.fetchmany(10_000):
+        for row in batch:
+            if fmt == "json":
+                sys.stdout.write(json.dumps(dict(zip(columns, row, strict=True)), default=str))
+                sys.stdout.write("\n")
+            else:
+                writer.writerow(["" if v is None else v for v in row])
+
+
 def _cmd_identities(args: argparse.Namespace) -> int:
     settings = get_settings()
     cap = load_config(settings.config_path).identity.max_cluster_size
-    with warehouse.connect(settings.warehouse_path) as con, warehouse.transaction(con):
+    with (
+        warehouse.connect(settings.warehouse_path, publish=True) as con,
+        warehouse.transaction(con),
+    ):
         update = rebuild_identities(con, cap)
     print(
         f"identities rebuilt: {update.identities_added} identities in "
@@ -412,6 +459,21 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("source_uri", help="the file's URI as the ledger has it")
     report.add_argument("--limit", type=int, default=20, help="lines listed per section")
     report.set_defaults(func=_cmd_report)
+    sql = sub.add_parser(
+        "sql",
+        help="one read-only SQL query against the warehouse, as of the last committed merge",
+    )
+    sql.add_argument("query", help='e.g. "SELECT event_text, count(*) FROM events GROUP BY 1"')
+    sql.add_argument(
+        "--format",
+        choices=["table", "csv", "tsv", "json"],
+        default="table",
+        help="table (default, for people), csv/tsv (with a header), json (one object per line)",
+    )
+    sql.add_argument(
+        "--max-rows", type=int, default=40, help="rows a table shows (csv/tsv/json: all)"
+    )
+    sql.set_defaults(func=_cmd_sql)
     identities = sub.add_parser("identities", help="the identity graph")
     identities_sub = identities.add_subparsers(dest="action", required=True)
     rebuild = identities_sub.add_parser(

@@ -46,10 +46,11 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import UTC
+from datetime import UTC, date, datetime
 from typing import Any
 
 from ingest_pipeline.landing import LandedObject
+from ingest_pipeline.settings import partitions_start_date
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,20 @@ def _epoch(obj: LandedObject) -> float:
     return obj.last_modified.timestamp()
 
 
+def partition_key_for(landed_at: datetime | date | str) -> str:
+    """The landing-date partition a file belongs to: its landing date (UTC), or the first
+    partition (settings.partitions_start_date) for a file that landed before it."""
+    if isinstance(landed_at, str):
+        day = date.fromisoformat(landed_at[:10])
+    elif isinstance(landed_at, datetime):
+        day = (landed_at.astimezone(UTC) if landed_at.tzinfo else landed_at).date()
+    else:
+        day = landed_at
+    return max(day, partitions_start_date()).isoformat()
+
+
 def _partition_key(obj: LandedObject) -> str:
-    return obj.last_modified.astimezone(UTC).strftime("%Y-%m-%d")
+    return partition_key_for(obj.last_modified)
 
 
 def _run_key(partition_key: str, files: list[LandedObject]) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 
@@ -71,3 +72,21 @@ def get_settings() -> Settings:
         # request counts as lost and its files are requested again.
         request_grace_seconds=_int_env("INGEST_REQUEST_GRACE_SECONDS", 120),
     )
+
+
+def partitions_start_date(today: date | None = None) -> date:
+    """The first landing-date partition: INGEST_PARTITIONS_START_DATE (YYYY-MM-DD), else the
+    first day of the month two months before `today` (UTC)."""
+    raw = os.environ.get("INGEST_PARTITIONS_START_DATE", "").strip()
+    if raw:
+        try:
+            return date.fromisoformat(raw)
+        except ValueError as exc:
+            raise ValueError(
+                f"INGEST_PARTITIONS_START_DATE must be a date like 2026-01-01, got {raw!r}"
+            ) from exc
+    today = today or datetime.now(UTC).date()
+    month = today.month - 2
+    year = today.year + (month - 1) // 12
+    month = (month - 1) % 12 + 1
+    return date(year, month, 1)

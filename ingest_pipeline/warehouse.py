@@ -1,13 +1,23 @@
-"""The DuckDB warehouse file: its tables (SPEC section 6) and short-lived connections.
+"""The DuckDB warehouse file: its tables (SPEC section 6), short-lived connections, and the
+read snapshot analysts query.
 
 DuckDB lets one process write a database file at a time. Dagster's pool serialises the merge
 steps; the connection helper below also waits (with backoff) when another process holds the
 file, so a lock conflict becomes a wait, never a failed run.
+
+A writer also locks readers in other processes out of the file. So readers never open it: each
+committed merge publishes a read snapshot (`publish_snapshot`), a checkpointed copy of the file
+that no process writes, and `<warehouse>.read.duckdb` points at the newest one. Readers
+(`ingest-pipeline sql`, the DuckDB CLI or Python with read_only, BI tools) open that and see
+the warehouse as of the last committed merge, whatever runs (docs/ARCHITECTURE.md).
 """
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+import shutil
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,6 +26,12 @@ from pathlib import Path
 import duckdb
 
 LOCK_WAIT_SECONDS = 900.0
+# Older snapshots are removed once this old (a reader that opened one keeps reading it: the
+# file lives on until it closes); the newest KEEP_SNAPSHOTS are always kept.
+SNAPSHOT_GRACE_SECONDS = 60.0
+KEEP_SNAPSHOTS = 2
+
+log = logging.getLogger(__name__)
 
 DDL = """
 CREATE TABLE IF NOT EXISTS events (
@@ -350,11 +366,109 @@ def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[duckdb.DuckDBPyConne
     con.execute("COMMIT")
 
 
+def read_path(path: str | Path) -> Path:
+    """Where readers open the warehouse: a symlink to its newest read snapshot."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.read{path.suffix or '.duckdb'}")
+
+
+def snapshot_dir(path: str | Path) -> Path:
+    path = Path(path)
+    return path.with_name(f"{path.stem}.snapshots")
+
+
+def publish_snapshot(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path:
+    """Publish what `con` (the writer, holding the file) has committed as the read snapshot.
+
+    CHECKPOINT moves every committed change from the WAL into the file; while `con` runs nothing
+    else no process can change the file, so its copy is a consistent database. It is written
+    under a temporary name, then renamed, then the read link is swapped by a rename: a reader
+    opens either the previous snapshot or this one, never a part-written file.
+    """
+    path = Path(path)
+    con.execute("CHECKPOINT")
+    folder = snapshot_dir(path)
+    folder.mkdir(parents=True, exist_ok=True)
+    # One folder per snapshot, the file keeping the warehouse's name: readers' catalog is
+    # `warehouse` (the file's stem), as when they open the warehouse itself.
+    generation = folder / f"{time.time_ns():020d}"
+    partial = folder / f".{generation.name}.partial"
+    partial.mkdir()
+    with path.open("rb") as src, (partial / path.name).open("wb") as dst:
+        shutil.copyfileobj(src, dst, 16 << 20)
+        dst.flush()
+        os.fsync(dst.fileno())
+    os.replace(partial, generation)
+    final = generation / path.name
+    link = read_path(path)
+    staged_link = link.with_name(f".{link.name}.{os.getpid()}.link")
+    staged_link.unlink(missing_ok=True)
+    staged_link.symlink_to(os.path.relpath(final, link.parent))
+    os.replace(staged_link, link)
+    _prune_snapshots(folder, keep=final)
+    return final
+
+
+def _prune_snapshots(folder: Path, *, keep: Path) -> None:
+    """Remove snapshots past the newest few once they are older than the grace period (and a
+    dead writer's partial copies)."""
+    cutoff = time.time() - SNAPSHOT_GRACE_SECONDS
+    generations = sorted(p for p in folder.iterdir() if p.name.isdigit())
+    old = [p for p in generations[:-KEEP_SNAPSHOTS] if p != keep.parent]
+    old += list(folder.glob(".*.partial"))
+    for p in old:
+        try:
+            if p.stat().st_mtime < cutoff:
+                shutil.rmtree(p)
+        except FileNotFoundError:
+            pass
+
+
+class NoSnapshot(RuntimeError):
+    """Nothing has been written to the warehouse yet, so there is nothing to read."""
+
+
+def connect_reader(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to the newest read snapshot: never waits for a writer.
+
+    A warehouse written before snapshots existed has none until its next merge: it is then
+    opened read-only itself, which works while no process writes it."""
+    link = read_path(path)
+    for _ in range(5):
+        if not link.exists() and not link.is_symlink():
+            break
+        try:
+            return duckdb.connect(str(link.resolve(strict=True)), read_only=True)
+        except (FileNotFoundError, duckdb.IOException):
+            # The snapshot the link named was just pruned (the link has moved on): again.
+            time.sleep(0.01)
+    if Path(path).exists():
+        return duckdb.connect(str(path), read_only=True)
+    raise NoSnapshot(f"no warehouse at {path} yet: nothing has been merged")
+
+
+def publish_after_commit(con: duckdb.DuckDBPyConnection, path: Path) -> None:
+    """Publish after a commit without turning a committed merge into a failed one: a snapshot
+    that cannot be written now (disk full) is written by the next merge."""
+    try:
+        publish_snapshot(con, path)
+    except (OSError, duckdb.Error) as exc:
+        log.warning("the read snapshot of %s could not be published: %s", path, exc)
+
+
 @contextmanager
 def connect(
-    path: str | Path, *, read_only: bool = False, wait_seconds: float = LOCK_WAIT_SECONDS
+    path: str | Path,
+    *,
+    read_only: bool = False,
+    wait_seconds: float = LOCK_WAIT_SECONDS,
+    publish: bool = False,
 ) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A short-lived connection to the warehouse file, waiting while another process writes it."""
+    """A short-lived connection to the warehouse file, waiting while another process writes it.
+
+    publish: when the block ends, publish the read snapshot (a merge, an identity rebuild, an
+    export: what readers see). A new warehouse gets its first snapshot at once, so readers
+    always have one."""
     path = Path(path)
     if not read_only:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -372,6 +486,10 @@ def connect(
     try:
         if not read_only:
             ensure_schema(con)
+            if not publish and not read_path(path).exists():
+                publish_after_commit(con, path)
         yield con
+        if publish:
+            publish_after_commit(con, path)
     finally:
         con.close()

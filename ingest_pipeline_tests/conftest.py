@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +16,11 @@ from moto.s3.models import s3_backends
 from moto.server import ThreadedMotoServer
 
 from ingest_pipeline.landing import LandingZone, LocalLanding, S3Landing
+
+# The tests' files land on fixed dates back to 2024; the product's default first partition is
+# recent (settings.partitions_start_date, tested in test_partitions.py). Set before the code
+# location is imported, and inherited by the daemons and runs the tests start.
+os.environ.setdefault("INGEST_PARTITIONS_START_DATE", "2020-01-01")
 
 
 @pytest.fixture(scope="session")

@@ -175,7 +175,7 @@ def export_flow(
             if plan.resumed:
                 log(f"flow {flow.id}: finishing export {export.export_id} left by an earlier run")
             files = deliver(export, local, s3_client=s3_client, log=log)  # phase 2
-        with warehouse.connect(warehouse_path) as con:
+        with warehouse.connect(warehouse_path, publish=True) as con:
             committed = membership.commit_export(con, export)  # phase 3
         result.exports.append(
             ExportOutcome(
