@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -300,14 +301,29 @@ def _migrate(con: duckdb.DuckDBPyConnection) -> None:
             )
 
 
+# Threads of one process (a code server's sensors) share one DuckDB database per file, where two
+# transactions creating the same tables conflict ("Catalog write-write conflict"): one at a time.
+_SCHEMA_LOCK = threading.Lock()
+
+
+def _schema_version(con: duckdb.DuckDBPyConnection) -> int | None:
+    try:
+        return con.execute("SELECT max(version) FROM warehouse_schema").fetchall()[0][0]
+    except duckdb.CatalogException:
+        return None
+
+
 def ensure_schema(con: duckdb.DuckDBPyConnection) -> None:
     """The warehouse's tables as this version of the code needs them (created or migrated)."""
-    try:
-        rows = con.execute("SELECT max(version) FROM warehouse_schema").fetchall()
-    except duckdb.CatalogException:
-        rows = [(None,)]
-    if rows[0][0] == SCHEMA_VERSION:
+    if _schema_version(con) == SCHEMA_VERSION:
         return
+    with _SCHEMA_LOCK:
+        if _schema_version(con) == SCHEMA_VERSION:
+            return
+        _create_or_migrate(con)
+
+
+def _create_or_migrate(con: duckdb.DuckDBPyConnection) -> None:
     with transaction(con):
         con.execute(DDL)
         con.execute(_views_sql())
@@ -401,7 +417,7 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path:
     os.replace(partial, generation)
     final = generation / path.name
     link = read_path(path)
-    staged_link = link.with_name(f".{link.name}.{os.getpid()}.link")
+    staged_link = link.with_name(f".{link.name}.{os.getpid()}-{threading.get_ident()}.link")
     staged_link.unlink(missing_ok=True)
     staged_link.symlink_to(os.path.relpath(final, link.parent))
     os.replace(staged_link, link)
@@ -487,7 +503,9 @@ def connect(
         if not read_only:
             ensure_schema(con)
             if not publish and not read_path(path).exists():
-                publish_after_commit(con, path)
+                with _SCHEMA_LOCK:
+                    if not read_path(path).exists():
+                        publish_after_commit(con, path)
         yield con
         if publish:
             publish_after_commit(con, path)

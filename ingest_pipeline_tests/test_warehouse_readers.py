@@ -256,3 +256,30 @@ def test_sql_formats_refuses_writes_and_survives_head(merged_once: Path) -> None
         assert piped.returncode == 0
         assert len(piped.stdout.splitlines()) == 2
         assert piped.stderr == "", piped.stderr
+
+
+def test_threads_of_one_process_create_a_new_warehouse_together(tmp_path: Path) -> None:
+    """The daemon's sensors are threads of one process, all connecting to a new warehouse at
+    once: without one schema creation at a time, DuckDB refused all but one ("Catalog
+    write-write conflict") and their ticks were skipped."""
+    import threading
+
+    wh = tmp_path / "wh.duckdb"
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(8)
+
+    def connect() -> None:
+        barrier.wait()
+        try:
+            with warehouse.connect(wh) as con:
+                con.execute("SELECT count(*) FROM ingested_files").fetchall()
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion
+            errors.append(exc)
+
+    threads = [threading.Thread(target=connect) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert warehouse.read_path(wh).is_symlink()
