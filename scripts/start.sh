@@ -32,4 +32,11 @@ Ingestion API: http://127.0.0.1:$API_PORT (OpenAPI docs at /docs). Your first up
     -d '{"stream": "account", "data": [{"type": "account", "account_id": "acme-corp", "domain": "acme.com"}]}'
 
 MSG
-.venv/bin/dagster dev -w workspace.yaml -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}"
+# `dg dev` from inside DAGSTER_HOME with the project's venv active: it then starts with no
+# warnings to decode (a dagster.yaml beside the cwd other than DAGSTER_HOME's, a venv mismatch).
+# The code location still runs in the project folder (workspace.yaml's working_directory).
+export VIRTUAL_ENV="$PWD/.venv"
+export PATH="$VIRTUAL_ENV/bin:$PATH"
+REPO="$PWD"
+cd "$DAGSTER_HOME"
+dg dev -w "$REPO/workspace.yaml" -h "${DAGSTER_HOST:-127.0.0.1}" -p "${DAGSTER_PORT:-3000}"
