@@ -16,13 +16,17 @@ REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 
 
-def dagster_home(root: Path, env: dict[str, str]) -> Path:
+def dagster_home(root: Path, env: dict[str, str], instance_yaml: Path | None = None) -> Path:
     """A new DAGSTER_HOME under `root`. Its SQLite storage is created here, once: the daemon and
     the code server it starts would otherwise both create it at the same moment, and a lost race
-    leaves two alembic heads ("Version table 'alembic_version' has more than one head")."""
+    leaves two alembic heads ("Version table 'alembic_version' has more than one head").
+
+    `instance_yaml`: the instance settings to copy in as its dagster.yaml (default: the
+    project's), e.g. deploy/dagster.postgres.yaml, whose storage `instance migrate` creates in
+    the PostgreSQL database `env` names."""
     home = root / "dagster_home"
     home.mkdir()
-    shutil.copy(REPO / "dagster.yaml", home / "dagster.yaml")
+    shutil.copy(instance_yaml or REPO / "dagster.yaml", home / "dagster.yaml")
     subprocess.run(
         [str(BIN / "dagster"), "instance", "migrate"],
         env={**env, "DAGSTER_HOME": str(home)},
