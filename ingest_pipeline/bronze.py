@@ -130,10 +130,17 @@ class SourceFile:
         )
 
     @classmethod
-    def of_feed(cls, obj: LandedObject, feed: FeedSpec, default_tenant: str) -> SourceFile:
+    def of_feed(
+        cls, obj: LandedObject, feed: FeedSpec, default_tenant: str, *, own_landing: bool = False
+    ) -> SourceFile:
         """The feed's file, the tenant's its channel says (feeds.tenant_of). A key that names
-        no tenant gets none; such a file fails with feeds.key_problem's reason unread."""
-        return cls.of(obj, tenant_of(feed, obj.key, default_tenant) or "")
+        no tenant gets none; such a file fails with feeds.key_problem's reason unread. In a
+        tenant's own landing zone (`own_landing`) every file is that tenant's (`default_tenant`),
+        whatever its key says: a client cannot drop a file as another tenant."""
+        tenant = tenant_of(feed, obj.key, default_tenant)
+        if own_landing and tenant is not None:
+            tenant = default_tenant
+        return cls.of(obj, tenant or "")
 
     @property
     def file_id(self) -> str:

@@ -52,24 +52,69 @@ def _env_names(values: list[str]) -> list[str]:
 
 class TenantConfig(_Strict):
     """A tenant: its Ingestion API keys, each read from the environment variable named here
-    (several at once: a new key is added, clients move to it, the old one is removed)."""
+    (several at once: a new key is added, clients move to it, the old one is removed), and
+    optionally a landing zone of its own (the client's bucket or prefix, with the client's
+    credentials by environment variable; unset: the standard AWS variables)."""
 
     api_key_env: str | None = None
     api_key_envs: list[str] = []
+    landing_url: str | None = None  # s3://bucket[/prefix] or a folder (relative to ingest.yaml)
+    aws_access_key_id_env: str | None = None
+    aws_secret_access_key_env: str | None = None
+    aws_session_token_env: str | None = None
+    region: str | None = None
 
     @field_validator("api_key_envs")
     @classmethod
     def _envs(cls, value: list[str]) -> list[str]:
         return _env_names(value)
 
-    @field_validator("api_key_env")
+    @field_validator(
+        "api_key_env", "aws_access_key_id_env", "aws_secret_access_key_env", "aws_session_token_env"
+    )
     @classmethod
     def _env(cls, value: str | None) -> str | None:
         return None if value is None else _env_names([value])[0]
 
+    @field_validator("landing_url")
+    @classmethod
+    def _landing(cls, value: str | None) -> str | None:
+        return None if value is None else _check_landing_url(value)
+
     def key_envs(self) -> list[str]:
         names = [self.api_key_env] if self.api_key_env else []
         return names + [n for n in self.api_key_envs if n not in names]
+
+
+_TENANT_S3_FIELDS = (
+    "aws_access_key_id_env",
+    "aws_secret_access_key_env",
+    "aws_session_token_env",
+    "region",
+)
+
+
+def _check_landing_url(value: str) -> str:
+    """s3://bucket[/prefix] or a local folder (never the filesystem's root)."""
+    text = value.strip()
+    if not text:
+        raise ValueError("must be s3://bucket[/prefix] or a folder")
+    if "://" in text:
+        parsed = urlparse(text)
+        scheme = parsed.scheme.lower()
+        if scheme == "s3":
+            if not parsed.netloc:
+                raise ValueError(f"{value!r} has no bucket: use s3://bucket[/prefix]")
+            if parsed.query or parsed.fragment or "@" in parsed.netloc:
+                raise ValueError(f"{value!r}: use s3://bucket[/prefix], nothing else")
+        elif scheme != "file":
+            raise ValueError(
+                f"{value!r}: unsupported scheme {parsed.scheme!r}; use s3://bucket[/prefix] or "
+                "a folder"
+            )
+    elif Path(text).expanduser().resolve() == Path("/"):
+        raise ValueError(f"{value!r}: a landing zone is a folder, not the root")
+    return text
 
 
 class RateLimitConfig(_Strict):
@@ -606,6 +651,15 @@ class IngestConfig(_Strict):
             return imp.folder
         return str((self._base_dir / Path(imp.folder).expanduser()).resolve())
 
+    def tenant_landing_url(self, name: str) -> str | None:
+        """The tenant's own landing zone URL (a local folder made absolute, relative to
+        ingest.yaml), or None: the tenant has no landing zone of its own."""
+        url = self.tenants[name].landing_url
+        if url is None or url.lower().startswith("s3://"):
+            return url
+        folder = url[len("file://") :] if url.lower().startswith("file://") else url
+        return str((self._base_dir / Path(folder).expanduser()).resolve())
+
     def policy(self, feed: str) -> FeedPolicy:
         return self.feeds.get(feed, FeedPolicy())
 
@@ -687,6 +741,58 @@ def _cross_checks(config: IngestConfig, known_feeds: set[str]) -> list[str]:
             problems.append(f"flows[{i}].id: {flow.id} is also the id of flows[{ids[flow.id]}]")
         ids.setdefault(flow.id, i)
     problems += _import_checks(config, tenants)
+    problems += _landing_checks(config)
+    return problems
+
+
+def landing_identity(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket, prefix or absolute folder) of a landing URL, for the overlap checks."""
+    if url.lower().startswith("s3://"):
+        bucket, _, prefix = url[5:].partition("/")
+        return ("s3", bucket, prefix.strip("/"))
+    folder = url[len("file://") :] if url.lower().startswith("file://") else url
+    return ("local", "", str(Path(folder).expanduser().resolve()))
+
+
+def landings_overlap(a: str, b: str) -> bool:
+    """Whether one landing zone holds (or is) the other: their files could not be told apart."""
+    (scheme_a, bucket_a, path_a), (scheme_b, bucket_b, path_b) = (
+        landing_identity(a),
+        landing_identity(b),
+    )
+    if scheme_a != scheme_b or bucket_a != bucket_b:
+        return False
+    if scheme_a == "local":
+        return Path(path_a).is_relative_to(path_b) or Path(path_b).is_relative_to(path_a)
+    parts_a, parts_b = path_a.split("/") if path_a else [], path_b.split("/") if path_b else []
+    shorter = min(len(parts_a), len(parts_b))
+    return parts_a[:shorter] == parts_b[:shorter]
+
+
+def _landing_checks(config: IngestConfig) -> list[str]:
+    """Two tenants' landing zones must not overlap: a file in both would be whose?"""
+    problems = []
+    seen: list[tuple[str, str]] = []
+    for name, tenant in config.tenants.items():
+        on_s3 = (tenant.landing_url or "").lower().startswith("s3://")
+        for field in _TENANT_S3_FIELDS:
+            if getattr(tenant, field) is not None and not on_s3:
+                problems.append(f"tenants.{name}.{field}: only applies to an s3:// landing_url")
+        pair = ("aws_access_key_id_env", "aws_secret_access_key_env")
+        for field, other in (pair, pair[::-1]):
+            if getattr(tenant, field) is not None and getattr(tenant, other) is None:
+                problems.append(f"tenants.{name}.{other}: is required with {field}")
+        url = config.tenant_landing_url(name)
+        if url is None:
+            continue
+        for other, other_url in seen:
+            if landings_overlap(url, other_url):
+                problems.append(
+                    f"tenants.{name}.landing_url: {url} overlaps tenant {other}'s landing zone "
+                    f"({other_url}): each tenant needs a bucket or prefix of its own"
+                )
+                break
+        seen.append((name, url))
     return problems
 
 

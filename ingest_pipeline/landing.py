@@ -132,6 +132,47 @@ def join_key(prefix: str, key: str) -> str:
     return f"{prefix}/{key}" if prefix else key
 
 
+class MissingSecret(Exception):
+    """An environment variable that a configuration names for a secret is not set."""
+
+
+# (environment variable, the configuration key that names it), e.g. ("CLIENT_KEY", "s3_access_key_env")
+EnvSecret = tuple[str, str]
+
+
+def s3_client_from_env(
+    owner: str,
+    *,
+    access_key_id: EnvSecret | None = None,
+    secret_access_key: EnvSecret | None = None,
+    session_token: EnvSecret | None = None,
+    region: str | None = None,
+) -> Any:
+    """A boto3 S3 client with the credentials of someone else's bucket (a configured import's,
+    a tenant's landing zone), read from the environment variables the configuration names;
+    without a key pair, the standard AWS variables apply. AWS_ENDPOINT_URL still applies (an
+    S3-compatible server). `owner` ("import app_opened", "tenant acme") starts the message of
+    MissingSecret, which names the variable, never its value."""
+    import boto3
+
+    def secret(pair: EnvSecret) -> str:
+        name, what = pair
+        value = os.environ.get(name)
+        if not value:
+            raise MissingSecret(f"{owner}: environment variable {name} ({what}) is not set")
+        return value
+
+    kwargs: dict[str, Any] = {}
+    if access_key_id and secret_access_key:
+        kwargs["aws_access_key_id"] = secret(access_key_id)
+        kwargs["aws_secret_access_key"] = secret(secret_access_key)
+    if session_token:
+        kwargs["aws_session_token"] = secret(session_token)
+    if region:
+        kwargs["region_name"] = region
+    return boto3.session.Session().client("s3", **kwargs)
+
+
 def landing_from_url(url: str, s3_client: Any = None) -> LandingZone:
     """'s3://bucket[/prefix]' -> S3Landing, anything else -> LocalLanding (a folder)."""
     if is_s3_url(url):

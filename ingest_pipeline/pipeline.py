@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -41,6 +41,7 @@ from ingest_pipeline.bronze import (
     process_pass,
 )
 from ingest_pipeline.config import FeedPolicy
+from ingest_pipeline.discovery import partition_key_for
 from ingest_pipeline.failures import FileFailure, classify, kind_of
 from ingest_pipeline.feeds import FeedSpec, key_problem
 from ingest_pipeline.identity.resolve import DEFAULT_MAX_CLUSTER_SIZE, IdentityUpdate
@@ -379,10 +380,13 @@ def ingest_to_bronze(
     isolate: bool = False,
     log: Log | None = None,
     decode: Decode | None = None,
+    own_landing: bool = False,
 ) -> BronzeOutcome:
     """Step 1 for a batch of landed files of one feed.
 
     `isolate`: each file in a pass of its own (files suspected of killing an earlier run).
+    `own_landing`: `landing` is tenant `tenant_id`'s own, so every file is that tenant's
+    (SourceFile.of_feed).
     Under `on_error: abort` the first file that cannot load completely is recorded (ledger and
     quarantine) and then `IngestAborted` is raised: the run fails with the reason.
     """
@@ -391,7 +395,7 @@ def ingest_to_bronze(
     outcome = BronzeOutcome()
     by_source = {}
     for obj in objects:
-        by_source[SourceFile.of_feed(obj, feed, tenant_id)] = obj
+        by_source[SourceFile.of_feed(obj, feed, tenant_id, own_landing=own_landing)] = obj
     with warehouse.connect(warehouse_path) as con, warehouse.transaction(con):
         to_do, done = ledger.claim(
             con, list(by_source), feed.name, run_id=run_id, force=force, at=now()
@@ -524,8 +528,13 @@ def merge_pending(
     warehouse_path: str | Path,
     limit: int | None = None,
     max_cluster_size: int = DEFAULT_MAX_CLUSTER_SIZE,
+    partitions: Collection[str] | None = None,
 ) -> MergeOutcome:
     """Step 2: merge every parsed file of `feed` into the warehouse in one transaction.
+
+    partitions: only the files of these landing-date partitions (discovery.partition_key_for),
+    so that a partition's materialization reports its own files; None: every parsed file.
+    When anything was merged (or failed), the read snapshot is published (warehouse.py).
 
     A parsed file whose bronze file is gone from the lake goes back to `retrying` (it is read
     again). When the batch cannot merge because of its rows, each file is merged on its own and
@@ -538,56 +547,75 @@ def merge_pending(
         warehouse.connect(warehouse_path) as con,
     ):
         pending: Sequence[ledger.PendingFile] = ledger.pending_files(con, feed.name)
+        if partitions is not None:
+            wanted = set(partitions)
+            pending = [p for p in pending if partition_key_for(p.landed_at) in wanted]
         if limit is not None:
             pending = pending[:limit]
         if not pending:
             return outcome
-        # Bounded memory whatever the batch: DuckDB spills to the temp folder beyond the limit.
-        con.execute(f"SET temp_directory = '{tmp}'")
-        con.execute(f"SET memory_limit = '{MERGE_MEMORY_LIMIT}'")
-        paths: dict[tuple[str, str], Path] = {}
-        present, missing = [], []
-        local: dict[str, Path | FileVanished] = {}  # bronze uri -> path (a pass's is shared)
-        for p in pending:
-            if p.bronze_uri not in local:
-                try:
-                    local[p.bronze_uri] = _local_bronze(lake, p.bronze_uri, Path(tmp))
-                except FileVanished as exc:
-                    local[p.bronze_uri] = exc
-            found = local[p.bronze_uri]
-            if isinstance(found, Path):
-                paths[p.source_uri, p.etag] = found
-                present.append(p)
-            else:
-                error = (
-                    f"its bronze file {p.bronze_uri} is missing from the lake ({found.reason}): "
-                    "the file is read again"
-                )
-                missing.append((p, error))
-                outcome.reread[p.source_uri] = error
-        if missing:
-            with warehouse.transaction(con):
-                for p, error in missing:
-                    ledger.reread(con, p, error=error, at=now())
-        if not present:
-            return outcome
-        # DuckDB refusing the rows (a conversion, a constraint) is the files' doing; anything
-        # else (a bug, the machine) fails the run and leaves the files `parsed`.
         try:
-            _merge_files(con, feed, present, paths, outcome, max_cluster_size)
-            return outcome
+            _merge_pending_files(con, feed, pending, lake, Path(tmp), outcome, max_cluster_size)
+        finally:
+            if outcome.files or outcome.failed or outcome.reread:
+                warehouse.publish_after_commit(con, warehouse_path)
+    return outcome
+
+
+def _merge_pending_files(
+    con: duckdb.DuckDBPyConnection,
+    feed: FeedSpec,
+    pending: Sequence[ledger.PendingFile],
+    lake: LandingZone,
+    tmp: Path,
+    outcome: MergeOutcome,
+    max_cluster_size: int,
+) -> None:
+    # Bounded memory whatever the batch: DuckDB spills to the temp folder beyond the limit.
+    con.execute(f"SET temp_directory = '{tmp}'")
+    con.execute(f"SET memory_limit = '{MERGE_MEMORY_LIMIT}'")
+    paths: dict[tuple[str, str], Path] = {}
+    present, missing = [], []
+    local: dict[str, Path | FileVanished] = {}  # bronze uri -> path (a pass's is shared)
+    for p in pending:
+        if p.bronze_uri not in local:
+            try:
+                local[p.bronze_uri] = _local_bronze(lake, p.bronze_uri, tmp)
+            except FileVanished as exc:
+                local[p.bronze_uri] = exc
+        found = local[p.bronze_uri]
+        if isinstance(found, Path):
+            paths[p.source_uri, p.etag] = found
+            present.append(p)
+        else:
+            error = (
+                f"its bronze file {p.bronze_uri} is missing from the lake ({found.reason}): "
+                "the file is read again"
+            )
+            missing.append((p, error))
+            outcome.reread[p.source_uri] = error
+    if missing:
+        with warehouse.transaction(con):
+            for p, error in missing:
+                ledger.reread(con, p, error=error, at=now())
+    if not present:
+        return
+    # DuckDB refusing the rows (a conversion, a constraint) is the files' doing; anything
+    # else (a bug, the machine) fails the run and leaves the files `parsed`.
+    try:
+        _merge_files(con, feed, present, paths, outcome, max_cluster_size)
+        return
+    except duckdb.Error as exc:
+        if _warehouse_trouble(exc):
+            raise
+    # One file that cannot merge must not hold back the others: merge them one by one.
+    for p in present:
+        try:
+            _merge_files(con, feed, [p], paths, outcome, max_cluster_size)
         except duckdb.Error as exc:
             if _warehouse_trouble(exc):
                 raise
-        # One file that cannot merge must not hold back the others: merge them one by one.
-        for p in present:
-            try:
-                _merge_files(con, feed, [p], paths, outcome, max_cluster_size)
-            except duckdb.Error as exc:
-                if _warehouse_trouble(exc):
-                    raise
-                _fail_merge(con, p, paths[p.source_uri, p.etag], exc, outcome)
-    return outcome
+            _fail_merge(con, p, paths[p.source_uri, p.etag], exc, outcome)
 
 
 def _warehouse_trouble(exc: duckdb.Error) -> bool:

@@ -40,9 +40,15 @@ class RunInfo:
 
 @dataclass(frozen=True)
 class Rerequest:
+    """Files requested again together: all of one tenant (a run reads one tenant's files)."""
+
     files: list[LedgerFile]
     isolate: bool
     request_key: str
+
+    @property
+    def tenant(self) -> str:
+        return self.files[0].tenant_id
 
 
 @dataclass
@@ -138,4 +144,8 @@ def plan_recovery(
 
 
 def _chunks(files: list[LedgerFile], size: int) -> list[list[LedgerFile]]:
-    return [files[i : i + size] for i in range(0, len(files), size)]
+    """Runs of at most `size` files, each of one tenant (tenants in order of first file)."""
+    tenants: dict[str, list[LedgerFile]] = {}
+    for f in files:
+        tenants.setdefault(f.tenant_id, []).append(f)
+    return [group[i : i + size] for group in tenants.values() for i in range(0, len(group), size)]

@@ -11,7 +11,14 @@ import os
 from typing import Any
 
 from ingest_pipeline.config import ImportConfig, IngestConfig
-from ingest_pipeline.landing import FolderListing, LandingZone, LocalLanding, S3Landing
+from ingest_pipeline.landing import (
+    FolderListing,
+    LandingZone,
+    LocalLanding,
+    MissingSecret,
+    S3Landing,
+    s3_client_from_env,
+)
 
 INVALID_ACCESS_KEY = "Given S3 access key is not valid"
 CHECK_FOLDER = "Please check the folder path and try again"
@@ -24,27 +31,45 @@ class FolderError(Exception):
     apply, and never holds a secret."""
 
 
-def _secret(name: str, what: str, imp: ImportConfig) -> str:
-    value = os.environ.get(name)
-    if not value:
-        raise FolderError(f"import {imp.name}: environment variable {name} ({what}) is not set")
-    return value
+def _named(name: str | None, field: str) -> tuple[str, str] | None:
+    return None if name is None else (name, field)
 
 
 def s3_client(imp: ImportConfig) -> Any:
     """A boto3 client with the import's credentials (else the standard AWS variables);
     AWS_ENDPOINT_URL still applies (an S3-compatible server)."""
-    import boto3
+    try:
+        return s3_client_from_env(
+            f"import {imp.name}",
+            access_key_id=_named(imp.s3_access_key_env, "s3_access_key_env"),
+            secret_access_key=_named(imp.s3_secret_key_env, "s3_secret_key_env"),
+            session_token=_named(imp.s3_session_token_env, "s3_session_token_env"),
+            region=imp.s3_region,
+        )
+    except MissingSecret as exc:
+        raise FolderError(str(exc)) from None
 
-    kwargs: dict[str, Any] = {}
-    if imp.s3_access_key_env and imp.s3_secret_key_env:
-        kwargs["aws_access_key_id"] = _secret(imp.s3_access_key_env, "s3_access_key_env", imp)
-        kwargs["aws_secret_access_key"] = _secret(imp.s3_secret_key_env, "s3_secret_key_env", imp)
-    if imp.s3_session_token_env:
-        kwargs["aws_session_token"] = _secret(imp.s3_session_token_env, "s3_session_token_env", imp)
-    if imp.s3_region:
-        kwargs["region_name"] = imp.s3_region
-    return boto3.session.Session().client("s3", **kwargs)
+
+def listing_problem(exc: BaseException, url: str) -> str | None:
+    """Why listing `url` failed, in the vendor's words where they apply ("Given S3 access key
+    is not valid", "Please check the folder path and try again"), never with a secret; None
+    for an exception that is not a listing problem (S3, SFTP)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from ingest_pipeline.sftp import SftpError
+
+    if isinstance(exc, ClientError):
+        code = str(exc.response.get("Error", {}).get("Code", ""))
+        if code in _BAD_KEY_CODES:
+            return f"{INVALID_ACCESS_KEY} ({code})"
+        if code in _NO_FOLDER_CODES:
+            return f"{CHECK_FOLDER}: {url} ({code})"
+        return f"listing {url} failed: {code or exc}"
+    if isinstance(exc, BotoCoreError):
+        return f"listing {url} failed: {exc}"
+    if isinstance(exc, SftpError | MissingSecret | FolderError):
+        return str(exc)
+    return None
 
 
 class _MissingFolder:
@@ -92,23 +117,15 @@ class ImportFolder:
     def listing(self) -> FolderListing:
         """The folder's own files and sub-folders (LandingZone-specific `list_folder`), listing
         problems told in the vendor's words."""
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        from ingest_pipeline.sftp import SftpError
-
         try:
             return self.zone.list_folder()  # type: ignore[attr-defined]
-        except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _BAD_KEY_CODES:
-                raise FolderError(f"{INVALID_ACCESS_KEY} ({code})") from None
-            if code in _NO_FOLDER_CODES:
-                raise FolderError(f"{CHECK_FOLDER}: {self.url} ({code})") from None
-            raise FolderError(f"listing {self.url} failed: {code or exc}") from None
-        except BotoCoreError as exc:
-            raise FolderError(f"listing {self.url} failed: {exc}") from None
-        except SftpError as exc:
-            raise FolderError(str(exc)) from None
+        except FolderError:
+            raise
+        except Exception as exc:
+            problem = listing_problem(exc, self.url)
+            if problem is None:
+                raise
+            raise FolderError(problem) from None
 
     def close(self) -> None:
         if self._sftp is not None:

@@ -1,17 +1,23 @@
 """Per feed: a bronze asset (files -> Parquet + ledger + quarantine) and a warehouse asset
 (merge of every parsed file into the feed's tables). Both are built from the feed declaration."""
 
-import dagster as dg
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from ingest_pipeline import ledger, pipeline, warehouse
+import dagster as dg
+import duckdb
+
+from ingest_pipeline import ledger, pipeline, quality, warehouse
 from ingest_pipeline.config import IngestConfig, load_config
-from ingest_pipeline.defs.ingestion.partitions import landing_date_partitions
+from ingest_pipeline.defs.ingestion.partitions import landing_date_partitions, partition_key_for
 from ingest_pipeline.defs.warehouse.resources import IngestResource
 from ingest_pipeline.feeds import FEEDS, FeedSpec
 from ingest_pipeline.health import ledger_health, ledger_health_metadata
 from ingest_pipeline.landing import LandedObject
 from ingest_pipeline.ledger import rejects_sample
 from ingest_pipeline.settings import get_settings
+from ingest_pipeline.tenants import TenantLanding, by_landing, describe_problem
 
 WAREHOUSE_POOL = "duckdb_warehouse"
 
@@ -47,6 +53,8 @@ class IngestFilesConfig(dg.Config):
     # Each file in a pass of its own: set by the reconciliation for files that were being read
     # when an earlier run died, so that a file that kills its run kills it alone.
     isolate: bool = False
+    # With `keys`: the tenant whose own landing zone holds them (empty: the default zone).
+    tenant: str = ""
 
 
 def _files_to_ingest(
@@ -54,30 +62,86 @@ def _files_to_ingest(
     config: IngestFilesConfig,
     feed: FeedSpec,
     ingest: IngestResource,
-) -> tuple[list[LandedObject], bool]:
-    landing = ingest.landing()
+) -> tuple[list[tuple[TenantLanding, list[LandedObject]]], bool]:
+    """The run's files per landing zone (each file is read from the zone its URI names, as
+    that zone's tenant's), and whether ingested files are re-ingested."""
+    landings = ingest.landings()
     if config.request:
-        with warehouse.connect(ingest.warehouse()) as con:
+        with warehouse.connect(ingest.warehouse()) as con, warehouse.transaction(con):
             requested = ledger.requested_files(con, config.request)
-        return [f.landed for f in requested], config.force
+            groups, lost = by_landing(landings, requested, lambda f: (f.source_uri, f.landing_key))
+            # Its tenant's landing_url was removed or changed since it was requested: no zone
+            # to read it from, and waiting would not bring one.
+            ledger.fail(con, lost, error=LANDING_GONE, at=pipeline.now())
+        for f in lost:
+            context.log.warning(f"{f.source_uri}: failed: {LANDING_GONE}")
+        return [(la, [f.landed for f in files]) for la, files in groups], config.force
     if config.files:
-        return [LandedObject.from_dict(f.model_dump()) for f in config.files], config.force
+        objects = [LandedObject.from_dict(f.model_dump()) for f in config.files]
+        found, unknown = by_landing(landings, objects, lambda o: (o.uri, o.key))
+        if unknown:
+            raise dg.Failure(
+                f"not in any landing zone configured now: {', '.join(o.uri for o in unknown[:5])}"
+            )
+        return found, config.force
     if config.keys:
-        found = []
+        landing = _landing_of(landings, config.tenant)
+        zone = ingest.open_landing(landing)
+        objs = []
         for key in config.keys:
-            obj = landing.stat(key)
+            obj = zone.stat(key)
             if obj is None:
-                raise dg.Failure(f"no file at landing key {key!r} ({landing.url})")
-            found.append(obj)
-        return found, True
+                raise dg.Failure(f"no file at landing key {key!r} ({zone.url})")
+            objs.append(obj)
+        return [(landing, objs)], True
     days = set(context.partition_keys)
-    objects = [
-        o for o in landing.list(feed.landing_prefix) if o.last_modified.date().isoformat() in days
-    ]
+    by_zone = []
+    for landing in landings:
+        try:
+            zone = ingest.open_landing(landing)
+            listed = [
+                o
+                for o in zone.list(feed.landing_prefix)
+                if partition_key_for(o.last_modified) in days
+            ]
+        except Exception as exc:  # noqa: BLE001 - one zone's trouble does not stop the others
+            context.log.warning(f"{landing.name} not listed: {describe_problem(exc, landing.url)}")
+            continue
+        if listed:
+            by_zone.append((landing, listed))
     context.log.info(
-        f"backfill of {min(days)}..{max(days)}: {len(objects)} {feed.name} file(s) landed then"
+        f"backfill of {min(days)}..{max(days)}: "
+        f"{sum(len(o) for _, o in by_zone)} {feed.name} file(s) landed then"
     )
-    return objects, True
+    return by_zone, True
+
+
+LANDING_GONE = (
+    "its landing zone is no longer configured (the tenant's landing_url was removed or changed "
+    "in ingest.yaml): put it back, then re-ingest the file"
+)
+
+
+def _landing_of(landings: list[TenantLanding], tenant: str) -> TenantLanding:
+    """The landing zone run config `tenant` names: that tenant's own, or the default one."""
+    if not tenant:
+        return landings[0]
+    for landing in landings:
+        if landing.own and landing.tenant == tenant:
+            return landing
+    raise dg.Failure(
+        f"tenant {tenant!r} has no landing zone of its own (tenants.<name>.landing_url)"
+    )
+
+
+def _add_outcome(into: pipeline.BronzeOutcome, part: pipeline.BronzeOutcome) -> None:
+    """Add one landing zone's outcome to the run's."""
+    for f in dataclasses.fields(part):
+        value = getattr(part, f.name)
+        if isinstance(value, dict):
+            getattr(into, f.name).update(value)
+        else:
+            getattr(into, f.name).extend(value)
 
 
 def _failed_files_markdown(outcome: pipeline.BronzeOutcome) -> str:
@@ -96,7 +160,20 @@ def _failed_files_markdown(outcome: pipeline.BronzeOutcome) -> str:
     return "\n".join(lines)
 
 
-def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
+def _merged_files_markdown(outcome: pipeline.MergeOutcome, limit: int = 50) -> str:
+    if not outcome.files:
+        return "No file merged."
+    lines = ["| landing date | file | rows read | rows rejected |", "| --- | --- | --- | --- |"]
+    lines += [
+        f"| {partition_key_for(f.landed_at)} | {f.source_uri} | {f.rows_read} | {f.rows_rejected} |"
+        for f in outcome.files[:limit]
+    ]
+    if len(outcome.files) > limit:
+        lines.append(f"\n… and {len(outcome.files) - limit} more")
+    return "\n".join(lines)
+
+
+def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition | dg.AssetChecksDefinition]:
     bronze_name = f"{feed.name}_bronze"
     tables = ", ".join(t.table for t in feed.targets)
 
@@ -115,30 +192,37 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
     def bronze(
         context: dg.AssetExecutionContext, config: IngestFilesConfig, ingest: IngestResource
     ) -> dg.MaterializeResult:
-        objects, force = _files_to_ingest(context, config, feed, ingest)
+        groups, force = _files_to_ingest(context, config, feed, ingest)
         settings = get_settings()
+        yaml_config = ingest_config()
+        outcome = pipeline.BronzeOutcome()
         try:
-            outcome = pipeline.ingest_to_bronze(
-                objects,
-                ingest_config().feed(feed.name),
-                landing=ingest.landing(),
-                lake=ingest.lake(),
-                warehouse_path=ingest.warehouse(),
-                tenant_id=ingest.tenant_id(),
-                run_id=context.run.run_id,
-                force=force,
-                policy=ingest_config().policy(feed.name),
-                retry=pipeline.RetryPolicy(
-                    max_attempts=settings.max_attempts,
-                    delay_seconds=settings.retry_delay_seconds,
-                ),
-                isolate=config.isolate,
-                log=context.log.warning,
-            )
+            # A sensor's run holds one tenant's files of one landing zone; a backfill, any.
+            for landing, objects in groups:
+                part = pipeline.ingest_to_bronze(
+                    objects,
+                    yaml_config.feed(feed.name),
+                    landing=ingest.open_landing(landing),
+                    lake=ingest.lake(),
+                    warehouse_path=ingest.warehouse(),
+                    tenant_id=landing.tenant,
+                    own_landing=landing.own,
+                    run_id=context.run.run_id,
+                    force=force,
+                    policy=yaml_config.policy(feed.name),
+                    retry=pipeline.RetryPolicy(
+                        max_attempts=settings.max_attempts,
+                        delay_seconds=settings.retry_delay_seconds,
+                    ),
+                    isolate=config.isolate,
+                    log=context.log.warning,
+                )
+                _add_outcome(outcome, part)
         except pipeline.IngestAborted as exc:
+            _add_outcome(outcome, exc.outcome)
             raise dg.Failure(
                 description=str(exc),
-                metadata={"failed_files": dg.MetadataValue.md(_failed_files_markdown(exc.outcome))},
+                metadata={"failed_files": dg.MetadataValue.md(_failed_files_markdown(outcome))},
             ) from None
         reports = outcome.reports
         rejects = [r for r in reports if r.rows_rejected]
@@ -185,15 +269,20 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
         ),
     )
     def merged(context: dg.AssetExecutionContext, ingest: IngestResource) -> dg.MaterializeResult:
+        # Only the files of this run's landing dates: a partition's materialization reports
+        # its own files (the sensor asks a merge of each date that has parsed files left).
+        partitions = context.partition_keys
         outcome = pipeline.merge_pending(
             feed,
             lake=ingest.lake(),
             warehouse_path=ingest.warehouse(),
             max_cluster_size=ingest_config().identity.max_cluster_size,
+            partitions=partitions,
         )
+        dates = sorted({partition_key_for(f.landed_at) for f in outcome.files})
         context.log.info(
-            f"merged {len(outcome.files)} file(s): {outcome.rows_loaded} rows loaded, "
-            f"{outcome.rows_duplicate} duplicates"
+            f"merged {len(outcome.files)} file(s) landed on {', '.join(dates) or 'no date'}: "
+            f"{outcome.rows_loaded} rows loaded, {outcome.rows_duplicate} duplicates"
         )
         for uri, error in {**outcome.failed, **outcome.reread}.items():
             context.log.warning(f"{uri}: {error}")
@@ -211,10 +300,19 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
             metadata={
                 **identity,
                 "files_merged": dg.MetadataValue.int(len(outcome.files)),
+                # The landing dates of the files merged. A range run (a backfill of several
+                # days is one run) records the same result on each of its days: the range says so.
+                "landing_dates": dg.MetadataValue.text(", ".join(dates) or "none"),
+                "run_covers": dg.MetadataValue.text(
+                    partitions[0] if len(partitions) == 1 else f"{partitions[0]}...{partitions[-1]}"
+                ),
+                "merged_files": dg.MetadataValue.md(_merged_files_markdown(outcome)),
                 "files_failed_to_merge": dg.MetadataValue.int(len(outcome.failed)),
                 "files_to_read_again": dg.MetadataValue.int(len(outcome.reread)),
                 "rows_loaded": dg.MetadataValue.int(outcome.rows_loaded),
                 "rows_duplicate": dg.MetadataValue.int(outcome.rows_duplicate),
+                # Numbers, so the asset's Plots tab charts loaded and rejected rows per day.
+                "rows_rejected": dg.MetadataValue.int(sum(f.rows_rejected for f in outcome.files)),
                 "tables": dg.MetadataValue.text(tables),
             }
         )
@@ -239,12 +337,84 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition]:
             metadata=health.metadata(),
         )
 
-    return [bronze, merged, files_reach_a_final_status]
+    @dg.asset_check(
+        asset=merged,
+        name="rows_add_up",
+        description=(
+            f"Every ingested {feed.name} file's rows add up: rows read = loaded + duplicate + "
+            "rejected (nothing lost). Lists the files that do not. Reads the warehouse as of "
+            "the last committed merge."
+        ),
+        automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+    )
+    def rows_add_up(ingest: IngestResource) -> dg.AssetCheckResult:
+        with _reader(ingest) as con:
+            check = quality.accounting(con, feed.name)
+        return dg.AssetCheckResult(
+            passed=check.passed,
+            severity=dg.AssetCheckSeverity.ERROR,
+            description=check.summary,
+            metadata={
+                "files_checked": dg.MetadataValue.int(check.files_checked),
+                "files_not_adding_up": dg.MetadataValue.int(len(check.broken)),
+                "rows_read": dg.MetadataValue.int(check.rows_read),
+                "rows_loaded": dg.MetadataValue.int(check.rows_loaded),
+                "rows_duplicate": dg.MetadataValue.int(check.rows_duplicate),
+                "rows_rejected": dg.MetadataValue.int(check.rows_rejected),
+                "broken_files": dg.MetadataValue.md(check.markdown()),
+            },
+        )
+
+    checks: list[dg.AssetChecksDefinition] = [files_reach_a_final_status, rows_add_up]
+    event_keys = quality.unique_key_targets(feed, "events")
+    if event_keys:
+        key = event_keys[0]
+
+        @dg.asset_check(
+            asset=merged,
+            name="no_duplicate_event_keys",
+            description=(
+                f"No two rows of `events` share the key ({', '.join(key)}): the merge keeps one "
+                "row per key. Reads the warehouse as of the last committed merge."
+            ),
+            automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+        )
+        def no_duplicate_event_keys(ingest: IngestResource) -> dg.AssetCheckResult:
+            with _reader(ingest) as con:
+                dupes = quality.duplicate_keys(con, "events", key)
+            return dg.AssetCheckResult(
+                passed=dupes.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                description=dupes.summary,
+                metadata={
+                    "rows": dg.MetadataValue.int(dupes.rows),
+                    "duplicated_keys": dg.MetadataValue.int(dupes.duplicated_keys),
+                    "sample": dg.MetadataValue.md(dupes.markdown()),
+                },
+            )
+
+        checks.append(no_duplicate_event_keys)
+
+    return [bronze, merged, *checks]
+
+
+@contextmanager
+def _reader(ingest: IngestResource) -> Iterator[duckdb.DuckDBPyConnection]:
+    """The read snapshot (never waits for a merge); an empty warehouse for a new deployment."""
+    try:
+        con = warehouse.connect_reader(ingest.warehouse())
+    except warehouse.NoSnapshot:
+        con = duckdb.connect()
+        warehouse.ensure_schema(con)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 _feed_defs = {name: build_feed_assets(feed) for name, feed in FEEDS.items()}
 feed_assets: dict[str, list[dg.AssetsDefinition]] = {
-    name: [bronze, merged] for name, (bronze, merged, _check) in _feed_defs.items()
+    name: [defs[0], defs[1]] for name, defs in _feed_defs.items()
 }
-feed_checks = [check for _bronze, _merged, check in _feed_defs.values()]
+feed_checks = [check for defs in _feed_defs.values() for check in defs[2:]]
 all_feed_assets = [a for pair in feed_assets.values() for a in pair]
