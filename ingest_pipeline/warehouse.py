@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -410,9 +411,17 @@ def publish_snapshot(con: duckdb.DuckDBPyConnection, path: str | Path) -> Path:
     generation = folder / f"{time.time_ns():020d}"
     partial = folder / f".{generation.name}.partial"
     partial.mkdir()
-    with path.open("rb") as src, (partial / path.name).open("wb") as dst:
-        shutil.copyfileobj(src, dst, 16 << 20)
-        dst.flush()
+    copy = partial / path.name
+    # The copy is made by a child process: DuckDB's write lock is a POSIX record lock, which a
+    # process loses on the file as soon as it closes *any* descriptor of it, so opening the
+    # warehouse here to copy it would let a second writer in. (--reflink=auto: nearly free on a
+    # copy-on-write file system.)
+    subprocess.run(
+        ["cp", "--reflink=auto", str(path), str(copy)],
+        check=True,
+        capture_output=True,
+    )
+    with copy.open("rb+") as dst:
         os.fsync(dst.fileno())
     os.replace(partial, generation)
     final = generation / path.name
@@ -468,7 +477,7 @@ def publish_after_commit(con: duckdb.DuckDBPyConnection, path: Path) -> None:
     that cannot be written now (disk full) is written by the next merge."""
     try:
         publish_snapshot(con, path)
-    except (OSError, duckdb.Error) as exc:
+    except (OSError, subprocess.CalledProcessError, duckdb.Error) as exc:
         log.warning("the read snapshot of %s could not be published: %s", path, exc)
 
 

@@ -283,3 +283,47 @@ def test_threads_of_one_process_create_a_new_warehouse_together(tmp_path: Path) 
         t.join()
     assert errors == []
     assert warehouse.read_path(wh).is_symlink()
+
+
+HOLD_AFTER_PUBLISH = textwrap.dedent(
+    """
+    import sys, time
+    from pathlib import Path
+    from ingest_pipeline import warehouse
+
+    wh, marker, release = sys.argv[1:4]
+    with warehouse.connect(wh) as con:
+        con.execute("CREATE TABLE t AS SELECT 1 AS n")
+        warehouse.publish_snapshot(con, wh)
+        Path(marker).write_text("published")
+        while not Path(release).exists():
+            time.sleep(0.02)
+    """
+)
+
+
+def test_publishing_keeps_the_writers_lock(tmp_path: Path) -> None:
+    """DuckDB's lock is a POSIX record lock, which a process loses when it closes any descriptor
+    of the file: a publish that opened the warehouse to copy it let a second writer in."""
+    wh, marker, release = tmp_path / "wh.duckdb", tmp_path / "published", tmp_path / "release"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AFTER_PUBLISH, str(wh), str(marker), str(release)],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        for read_only in (True, False):
+            with pytest.raises(duckdb.IOException, match="[Ll]ock"):
+                duckdb.connect(str(wh), read_only=read_only)
+        with warehouse.connect_reader(wh) as con:
+            assert con.execute("SELECT n FROM t").fetchone() == (1,)
+    finally:
+        release.write_text("go")
+        proc.wait(60)
+    assert proc.returncode == 0
