@@ -67,15 +67,20 @@ def running_daemon(root: Path, env: dict[str, str]) -> Iterator[Daemon]:
         try:
             yield Daemon(proc, log_path)
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                pass
-            # Run processes the code server started are in the daemon's process group and may
-            # outlive it (one waiting for a pool slot ignores SIGTERM): nothing is left behind.
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            stop_process_group(proc, grace_seconds=30)
+
+
+def stop_process_group(proc: subprocess.Popen, *, grace_seconds: float) -> None:
+    """SIGTERM to the process's group, then SIGKILL to whatever is left after the grace period:
+    run processes a code server started are in its group and may outlive it (one waiting for a
+    pool slot ignores SIGTERM), and nothing is left behind."""
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()

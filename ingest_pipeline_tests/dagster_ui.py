@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -19,7 +18,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ingest_pipeline_tests.daemon import BIN, REPO
+from ingest_pipeline_tests.daemon import BIN, REPO, stop_process_group
 
 CHROMIUM_ARGS = [
     "--headless",
@@ -148,13 +147,4 @@ def running_webserver(root: Path, env: dict[str, str]) -> Iterator[Webserver]:
         try:
             yield Webserver(proc, log_path, f"http://127.0.0.1:{port}")
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                pass
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait()
+            stop_process_group(proc, grace_seconds=20)

@@ -20,6 +20,9 @@ from ingest_pipeline.settings import get_settings
 from ingest_pipeline.tenants import TenantLanding, by_landing, describe_problem
 
 WAREHOUSE_POOL = "duckdb_warehouse"
+# The feeds' checks run on a cron (ledger_health_sensor), not in every run: a stuck file is one
+# nothing runs for, and a scan of `events` per run would make a run's cost grow with the table.
+CHECKS_EVERY_10_MINUTES = dg.AutomationCondition.cron_tick_passed("*/10 * * * *")
 
 
 def ingest_config() -> IngestConfig:
@@ -326,7 +329,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition | dg.AssetChec
             "failed files with their reasons."
         ),
         # Also evaluated when nothing runs: a stuck file is exactly when nothing happens.
-        automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+        automation_condition=CHECKS_EVERY_10_MINUTES,
     )
     def files_reach_a_final_status(ingest: IngestResource) -> dg.AssetCheckResult:
         health = ledger_health(ingest.warehouse(), feed.name)
@@ -345,7 +348,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition | dg.AssetChec
             "rejected (nothing lost). Lists the files that do not. Reads the warehouse as of "
             "the last committed merge."
         ),
-        automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+        automation_condition=CHECKS_EVERY_10_MINUTES,
     )
     def rows_add_up(ingest: IngestResource) -> dg.AssetCheckResult:
         with _reader(ingest) as con:
@@ -377,7 +380,7 @@ def build_feed_assets(feed: FeedSpec) -> list[dg.AssetsDefinition | dg.AssetChec
                 f"No two rows of `events` share the key ({', '.join(key)}): the merge keeps one "
                 "row per key. Reads the warehouse as of the last committed merge."
             ),
-            automation_condition=dg.AutomationCondition.cron_tick_passed("*/10 * * * *"),
+            automation_condition=CHECKS_EVERY_10_MINUTES,
         )
         def no_duplicate_event_keys(ingest: IngestResource) -> dg.AssetCheckResult:
             with _reader(ingest) as con:
